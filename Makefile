@@ -1,0 +1,31 @@
+# containerd-shim-runc-v2 (Rust). Run as root on Debian; targets install what they need.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help deps build release lint test unit integration demo clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+deps: ## install system packages (runc, containerd, busybox-static, ...)
+	hack/install-deps.sh
+
+build: ## debug build of the shim, the test wrapper and the tests
+	$(CARGO) build --workspace --all-targets
+
+release: ## optimized shim binary in target/release
+	$(CARGO) build --release -p shim
+
+lint: ## clippy with warnings as errors, rustfmt check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) fmt --all -- --check
+
+test: deps build lint ## everything CI runs: unit, integration (real runc) and end-to-end (real containerd) tests
+	target/debug/reap-run $(CARGO) test --workspace -- --test-threads=4
+
+demo: deps release ## build, start a private containerd with this shim, run containers and an exec storm
+	$(CARGO) build -p shim-tests --bin reap-run
+	target/debug/reap-run hack/demo.sh target/release
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,656 @@
+//! One actor per container: it owns the init and exec process table, their state machines and
+//! the container's [`Sequencer`].
+//!
+//! RPC handlers hold a [`ContainerHandle`] and send requests with a oneshot reply. The reaper
+//! delivers the container's exits to the same actor, so "exit vs start" is decided in one place
+//! in program order. Runtime calls (start, exec, kill, delete, ps) run as child tasks owned by
+//! the actor (a `JoinSet`) and report back as messages, so the actor never waits on runc and
+//! State/Wait/Kill answer while other starts and execs are in flight.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+};
+use shim_events::{Event, ExitInfo, ProcessId, Publisher, Sequencer, Step};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::error::{Result, RuntimeError};
+use crate::io::{ProcessIo, StdioConfig};
+use crate::oci::{read_pid_file, OciError, Runtime};
+use crate::process::State;
+use crate::reaper::{ExitSink, ProcessExit, Reaper, Subscription};
+use crate::registry::Registry;
+
+/// How long Delete waits for a process's output to drain (SPEC §5.1).
+pub const IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A snapshot of one process, for the State RPC.
+#[derive(Debug, Clone)]
+pub struct ProcessState {
+    /// Container id for the init, exec id for an exec.
+    pub id: String,
+    /// The bundle.
+    pub bundle: PathBuf,
+    /// Its pid (0 before start).
+    pub pid: u32,
+    /// Its state.
+    pub state: State,
+    /// Its stdio.
+    pub stdio: StdioConfig,
+    /// Its exit, once released.
+    pub exit: Option<ExitInfo>,
+}
+
+/// What Delete reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Deleted {
+    /// The pid.
+    pub pid: u32,
+    /// Exit status (0 if it never ran).
+    pub status: u32,
+    /// Exit time (the epoch if it never ran).
+    pub at: SystemTime,
+}
+
+/// A waiter's view of a process's exit.
+pub type ExitWatch = watch::Receiver<Option<ExitInfo>>;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Requests a handler can send.
+#[derive(Debug)]
+enum Msg {
+    Start { exec_id: Option<String>, reply: Reply<u32> },
+    State { exec_id: Option<String>, reply: Reply<ProcessState> },
+    Kill { exec_id: Option<String>, signal: u32, all: bool, reply: Reply<()> },
+    Wait { exec_id: Option<String>, reply: Reply<ExitWatch> },
+    Delete { exec_id: Option<String>, reply: Reply<Deleted> },
+    Exec { exec_id: String, spec: serde_json::Value, stdio: StdioConfig, reply: Reply<()> },
+    Pids { reply: Reply<Vec<(u32, Option<String>)>> },
+    CloseIo { exec_id: Option<String>, reply: Reply<()> },
+    // Completions of the actor's own child tasks.
+    InitStarted { result: Result<()>, reply: Reply<u32> },
+    ExecStarted { exec_id: String, result: Result<(u32, ProcessIo, Subscription)>, reply: Reply<u32> },
+    InitDeleted { result: Result<()>, reply: Reply<Deleted> },
+}
+
+/// Handle to a container's actor. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ContainerHandle {
+    id: Arc<str>,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl ContainerHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| RuntimeError::Gone { id: self.id.to_string() })?;
+        rx.await.map_err(|_| RuntimeError::Gone { id: self.id.to_string() })?
+    }
+
+    /// Starts the init (`exec_id` None) or an exec; returns its pid.
+    pub async fn start(&self, exec_id: Option<String>) -> Result<u32> {
+        self.call(|reply| Msg::Start { exec_id, reply }).await
+    }
+
+    /// A process's state.
+    pub async fn state(&self, exec_id: Option<String>) -> Result<ProcessState> {
+        self.call(|reply| Msg::State { exec_id, reply }).await
+    }
+
+    /// Signals a process (`all`: every process of the container, init only).
+    pub async fn kill(&self, exec_id: Option<String>, signal: u32, all: bool) -> Result<()> {
+        self.call(|reply| Msg::Kill { exec_id, signal, all, reply }).await
+    }
+
+    /// A watch that becomes `Some` when the process's exit is released.
+    pub async fn wait(&self, exec_id: Option<String>) -> Result<ExitWatch> {
+        self.call(|reply| Msg::Wait { exec_id, reply }).await
+    }
+
+    /// Deletes a process; deleting the init removes the container.
+    pub async fn delete(&self, exec_id: Option<String>) -> Result<Deleted> {
+        self.call(|reply| Msg::Delete { exec_id, reply }).await
+    }
+
+    /// Registers an exec process (no runtime call).
+    pub async fn exec(&self, exec_id: String, spec: serde_json::Value, stdio: StdioConfig) -> Result<()> {
+        self.call(|reply| Msg::Exec { exec_id, spec, stdio, reply }).await
+    }
+
+    /// Pids in the container, with the exec id of those that are execs.
+    pub async fn pids(&self) -> Result<Vec<(u32, Option<String>)>> {
+        self.call(|reply| Msg::Pids { reply }).await
+    }
+
+    /// Closes the shim's write handle on a process's stdin.
+    pub async fn close_io(&self, exec_id: Option<String>) -> Result<()> {
+        self.call(|reply| Msg::CloseIo { exec_id, reply }).await
+    }
+}
+
+/// Everything a new container needs from the shim.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The reaper.
+    pub reaper: Reaper,
+    /// The event publisher.
+    pub publisher: Publisher,
+    /// The container registry.
+    pub registry: Arc<Registry>,
+}
+
+#[derive(Debug)]
+struct Proc {
+    state: State,
+    starting: bool,
+    pid: u32,
+    stdio: StdioConfig,
+    exit: Option<ExitInfo>,
+    exit_tx: watch::Sender<Option<ExitInfo>>,
+    io: Option<ProcessIo>,
+    spec: Option<serde_json::Value>,
+}
+
+impl Proc {
+    fn new(state: State, pid: u32, stdio: StdioConfig, io: Option<ProcessIo>) -> Self {
+        Proc { state, starting: false, pid, stdio, exit: None, exit_tx: watch::channel(None).0, io, spec: None }
+    }
+}
+
+/// What Create hands to the actor.
+#[derive(Debug)]
+pub struct NewContainer {
+    /// Container id.
+    pub id: String,
+    /// Bundle path.
+    pub bundle: PathBuf,
+    /// The runtime driver configured for it.
+    pub runtime: Arc<Runtime>,
+    /// Init pid.
+    pub pid: u32,
+    /// Init stdio.
+    pub stdio: StdioConfig,
+    /// Init IO copies.
+    pub io: ProcessIo,
+    /// Whether rootfs mounts were made and must be unmounted on delete.
+    pub rootfs_mounted: bool,
+    /// Whether the container lacks a private pid namespace.
+    pub shares_pid_ns: bool,
+    /// IoUid/IoGid for exec pipes.
+    pub io_owner: (u32, u32),
+    /// The TaskCreate event.
+    pub event: TaskCreate,
+}
+
+/// The actor's state.
+#[derive(Debug)]
+struct Actor {
+    id: String,
+    bundle: PathBuf,
+    runtime: Arc<Runtime>,
+    shared: Shared,
+    seq: Sequencer,
+    init: Proc,
+    execs: HashMap<String, Proc>,
+    rootfs_mounted: bool,
+    shares_pid_ns: bool,
+    io_owner: (u32, u32),
+    self_tx: mpsc::UnboundedSender<Msg>,
+    exit_tx: ExitSink,
+    tasks: JoinSet<()>,
+}
+
+/// Starts the actor of a container whose `runc create` succeeded. `subscription` is the
+/// early-exit subscription taken before `runc create`; TaskCreate is queued before this returns.
+pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> ContainerHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+    let mut actor = Actor {
+        id: new.id.clone(),
+        bundle: new.bundle,
+        runtime: new.runtime,
+        shared,
+        seq: Sequencer::new(new.id.clone()),
+        init: Proc::new(State::Created, new.pid, new.stdio, Some(new.io)),
+        execs: HashMap::new(),
+        rootfs_mounted: new.rootfs_mounted,
+        shares_pid_ns: new.shares_pid_ns,
+        io_owner: new.io_owner,
+        self_tx: tx.clone(),
+        exit_tx: exit_tx.clone(),
+        tasks: JoinSet::new(),
+    };
+    let steps = actor.seq.created(new.event);
+    actor.apply(steps);
+    if let Some(exit) = subscription.claim(new.pid, exit_tx, ProcessId::Init) {
+        actor.on_exit(ProcessExit { process: ProcessId::Init, exit });
+    }
+    tokio::spawn(actor.run(rx, exit_rx));
+    ContainerHandle { id: Arc::from(new.id.as_str()), tx }
+}
+
+fn not_found_exec(exec_id: &str) -> RuntimeError {
+    RuntimeError::ProcessNotFound { exec_id: exec_id.to_owned() }
+}
+
+fn map_kill_error(e: OciError) -> RuntimeError {
+    match e {
+        OciError::ProcessFinished => RuntimeError::ProcessFinished,
+        OciError::ContainerNotFound => RuntimeError::ProcessFinished,
+        other => RuntimeError::Oci(other),
+    }
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, mut exits: mpsc::UnboundedReceiver<ProcessExit>) {
+        loop {
+            tokio::select! {
+                biased;
+                Some(exit) = exits.recv() => self.on_exit(exit),
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    if self.on_msg(msg) {
+                        break;
+                    }
+                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+        }
+        tracing::debug!(container_id = %self.id, "container actor stopped");
+    }
+
+    fn proc_mut(&mut self, exec_id: Option<&str>) -> Result<&mut Proc> {
+        match exec_id {
+            None => Ok(&mut self.init),
+            Some(e) => self.execs.get_mut(e).ok_or_else(|| not_found_exec(e)),
+        }
+    }
+
+    fn apply(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Publish(event) => self.shared.publisher.publish(event),
+                Step::Exited(process, exit) => self.release_exit(process, exit),
+            }
+        }
+    }
+
+    /// State first, then the TaskExit, then the waiters (SPEC §3.3 item 6).
+    fn release_exit(&mut self, process: ProcessId, exit: ExitInfo) {
+        let (id, proc) = match &process {
+            ProcessId::Init => (self.id.clone(), &mut self.init),
+            ProcessId::Exec(e) => match self.execs.get_mut(e) {
+                Some(p) => (e.clone(), p),
+                None => return,
+            },
+        };
+        proc.state = proc.state.exited();
+        proc.exit = Some(exit);
+        let mut ev = TaskExit::new();
+        ev.container_id = self.id.clone();
+        ev.id = id;
+        ev.pid = exit.pid;
+        ev.exit_status = exit.status;
+        ev.exited_at = protobuf::MessageField::some(shim_events::publisher::timestamp(exit.at));
+        self.shared.publisher.publish(Event::Exit(ev));
+        proc.exit_tx.send_replace(Some(exit));
+        tracing::debug!(container_id = %self.id, pid = exit.pid, status = exit.status, "process exited");
+    }
+
+    fn on_exit(&mut self, ProcessExit { process, exit }: ProcessExit) {
+        if process == ProcessId::Init && !self.seq.init_exit_seen() && self.shares_pid_ns {
+            // No private pid namespace: the kernel will not kill the rest (SPEC §2.5).
+            let runtime = Arc::clone(&self.runtime);
+            let (id, bundle) = (self.id.clone(), self.bundle.clone());
+            self.tasks.spawn(async move {
+                if let Err(e) = runtime.kill(&id, &bundle, 9, true).await {
+                    tracing::debug!(container_id = %id, error = %e, "kill --all after init exit");
+                }
+            });
+        }
+        let steps = self.seq.exited(&process, exit);
+        self.apply(steps);
+    }
+
+    /// Handles one message; returns true when the actor must stop (init deleted).
+    fn on_msg(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Start { exec_id: None, reply } => self.start_init(reply),
+            Msg::Start { exec_id: Some(e), reply } => self.start_exec(e, reply),
+            Msg::State { exec_id, reply } => {
+                let _ = reply.send(self.state(exec_id.as_deref()));
+            }
+            Msg::Kill { exec_id, signal, all, reply } => self.kill(exec_id, signal, all, reply),
+            Msg::Wait { exec_id, reply } => {
+                let r = self.proc_mut(exec_id.as_deref()).map(|p| p.exit_tx.subscribe());
+                let _ = reply.send(r);
+            }
+            Msg::Delete { exec_id: None, reply } => self.delete_init(reply),
+            Msg::Delete { exec_id: Some(e), reply } => {
+                let _ = reply.send(self.delete_exec(&e));
+            }
+            Msg::Exec { exec_id, spec, stdio, reply } => {
+                let _ = reply.send(self.add_exec(exec_id, spec, stdio));
+            }
+            Msg::Pids { reply } => self.pids(reply),
+            Msg::CloseIo { exec_id, reply } => {
+                let r = self.proc_mut(exec_id.as_deref()).map(|p| {
+                    if let Some(io) = p.io.as_mut() {
+                        io.close_stdin();
+                    }
+                });
+                let _ = reply.send(r);
+            }
+            Msg::InitStarted { result, reply } => self.init_started(result, reply),
+            Msg::ExecStarted { exec_id, result, reply } => self.exec_started(exec_id, result, reply),
+            Msg::InitDeleted { result, reply } => return self.init_deleted(result, reply),
+        }
+        false
+    }
+
+    fn state(&mut self, exec_id: Option<&str>) -> Result<ProcessState> {
+        let bundle = self.bundle.clone();
+        let id = exec_id.map_or_else(|| self.id.clone(), str::to_owned);
+        let p = self.proc_mut(exec_id)?;
+        Ok(ProcessState { id, bundle, pid: p.pid, state: p.state, stdio: p.stdio.clone(), exit: p.exit })
+    }
+
+    fn start_init(&mut self, reply: Reply<u32>) {
+        if let Err(e) = self.init.state.can_start() {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        if self.init.starting {
+            let _ = reply.send(Err(RuntimeError::Precondition("init process is already starting".into())));
+            return;
+        }
+        self.init.starting = true;
+        self.seq.init_starting();
+        let (runtime, id, bundle, tx) =
+            (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone(), self.self_tx.clone());
+        self.tasks.spawn(async move {
+            let result = runtime.start(&id, &bundle).await.map_err(RuntimeError::from);
+            let _ = tx.send(Msg::InitStarted { result, reply });
+        });
+    }
+
+    fn init_started(&mut self, result: Result<()>, reply: Reply<u32>) {
+        self.init.starting = false;
+        let pid = self.init.pid;
+        match result {
+            Ok(()) => {
+                self.init.state = self.init.state.started();
+                let mut ev = TaskStart::new();
+                ev.container_id = self.id.clone();
+                ev.pid = pid;
+                let steps = self.seq.init_started(ev);
+                self.apply(steps);
+                let _ = reply.send(Ok(pid));
+            }
+            Err(e) => {
+                let steps = self.seq.init_start_failed();
+                self.apply(steps);
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn add_exec(&mut self, exec_id: String, spec: serde_json::Value, stdio: StdioConfig) -> Result<()> {
+        self.init.state.can_exec()?;
+        if self.seq.init_exit_seen() {
+            return Err(RuntimeError::Precondition(format!("container {} init process is not running", self.id)));
+        }
+        if self.execs.contains_key(&exec_id) {
+            return Err(RuntimeError::AlreadyExists { id: exec_id });
+        }
+        let mut p = Proc::new(State::Created, 0, stdio, None);
+        p.spec = Some(spec);
+        self.execs.insert(exec_id.clone(), p);
+        let mut ev = TaskExecAdded::new();
+        ev.container_id = self.id.clone();
+        ev.exec_id = exec_id;
+        let steps = self.seq.exec_added(ev);
+        self.apply(steps);
+        Ok(())
+    }
+
+    fn start_exec(&mut self, exec_id: String, reply: Reply<u32>) {
+        let check = (|| {
+            let p = self.execs.get(&exec_id).ok_or_else(|| not_found_exec(&exec_id))?;
+            p.state.can_start()?;
+            if p.starting {
+                return Err(RuntimeError::Precondition(format!("exec {exec_id} is already starting")));
+            }
+            self.seq
+                .exec_starting(&exec_id)
+                .map_err(|r| RuntimeError::Precondition(format!("container {} {r}", self.id)))
+        })();
+        if let Err(e) = check {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let Some(p) = self.execs.get_mut(&exec_id) else { return };
+        p.starting = true;
+        let spec = p.spec.clone().unwrap_or_default();
+        let stdio = p.stdio.clone();
+        let (runtime, reaper) = (Arc::clone(&self.runtime), self.shared.reaper.clone());
+        let (id, bundle, owner, tx) = (self.id.clone(), self.bundle.clone(), self.io_owner, self.self_tx.clone());
+        self.tasks.spawn(async move {
+            // Subscribe before the runtime can start the process (SPEC §4.4).
+            let subscription = reaper.subscribe();
+            let result = run_exec(&runtime, &id, &bundle, &exec_id, &spec, &stdio, owner).await;
+            let result = result.map(|(pid, io)| (pid, io, subscription));
+            let _ = tx.send(Msg::ExecStarted { exec_id, result, reply });
+        });
+    }
+
+    fn exec_started(&mut self, exec_id: String, result: Result<(u32, ProcessIo, Subscription)>, reply: Reply<u32>) {
+        let Some(p) = self.execs.get_mut(&exec_id) else {
+            let _ = reply.send(Err(not_found_exec(&exec_id)));
+            return;
+        };
+        p.starting = false;
+        match result {
+            Ok((pid, io, subscription)) => {
+                p.pid = pid;
+                p.state = p.state.started();
+                p.io = Some(io);
+                let mut ev = TaskExecStarted::new();
+                ev.container_id = self.id.clone();
+                ev.exec_id = exec_id.clone();
+                ev.pid = pid;
+                let steps = self.seq.exec_started(ev);
+                self.apply(steps);
+                let process = ProcessId::Exec(exec_id);
+                if let Some(exit) = subscription.claim(pid, self.exit_tx.clone(), process.clone()) {
+                    self.on_exit(ProcessExit { process, exit });
+                }
+                let _ = reply.send(Ok(pid));
+            }
+            Err(e) => {
+                // The exec stays Created; its waiters are released with status 0 (SPEC §4.9).
+                p.exit_tx.send_replace(Some(ExitInfo { pid: 0, status: 0, at: SystemTime::UNIX_EPOCH }));
+                let steps = self.seq.exec_start_failed(&exec_id);
+                self.apply(steps);
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn kill(&mut self, exec_id: Option<String>, signal: u32, all: bool, reply: Reply<()>) {
+        match exec_id {
+            None => {
+                if self.init.state == State::Deleted {
+                    let _ = reply.send(Err(RuntimeError::ProcessFinished));
+                    return;
+                }
+                let (runtime, id, bundle) = (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone());
+                self.tasks.spawn(async move {
+                    let r = runtime.kill(&id, &bundle, signal, all).await.map_err(map_kill_error);
+                    let _ = reply.send(r);
+                });
+            }
+            Some(e) => {
+                let r = (|| {
+                    let p = self.execs.get(&e).ok_or_else(|| not_found_exec(&e))?;
+                    match p.state {
+                        State::Created => Err(RuntimeError::Precondition("process not created".into())),
+                        State::Stopped | State::Deleted => Err(RuntimeError::ProcessFinished),
+                        State::Running | State::Paused => {
+                            let sig = nix::sys::signal::Signal::try_from(i32::try_from(signal).unwrap_or(-1)).map_err(
+                                |_| RuntimeError::InvalidArgument { field: "signal", reason: signal.to_string() },
+                            )?;
+                            let pid = nix::unistd::Pid::from_raw(i32::try_from(p.pid).unwrap_or(0));
+                            nix::sys::signal::kill(pid, sig).map_err(|errno| match errno {
+                                nix::errno::Errno::ESRCH => RuntimeError::ProcessFinished,
+                                other => RuntimeError::Sys { what: format!("kill {}", p.pid), source: other.into() },
+                            })
+                        }
+                    }
+                })();
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn delete_exec(&mut self, exec_id: &str) -> Result<Deleted> {
+        let p = self.execs.get(exec_id).ok_or_else(|| not_found_exec(exec_id))?;
+        p.state.can_delete()?;
+        if p.starting {
+            return Err(RuntimeError::Precondition(format!("exec {exec_id} is starting")));
+        }
+        let Some(mut p) = self.execs.remove(exec_id) else { return Err(not_found_exec(exec_id)) };
+        self.seq.exec_removed(exec_id);
+        if p.pid != 0 {
+            self.shared.reaper.forget_pid(p.pid);
+        }
+        let _ = std::fs::remove_file(self.bundle.join(format!("{exec_id}.pid")));
+        if let Some(mut io) = p.io.take() {
+            let exec_id = exec_id.to_owned();
+            self.tasks.spawn(async move {
+                if !io.drain(IO_DRAIN_TIMEOUT).await {
+                    tracing::warn!(exec_id = %exec_id, "failed to drain exec process io");
+                }
+            });
+        }
+        let exit = p.exit.unwrap_or(ExitInfo { pid: p.pid, status: 0, at: SystemTime::UNIX_EPOCH });
+        Ok(Deleted { pid: p.pid, status: exit.status, at: exit.at })
+    }
+
+    fn delete_init(&mut self, reply: Reply<Deleted>) {
+        if let Err(e) = self.init.state.can_delete() {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        if self.init.starting {
+            let _ = reply.send(Err(RuntimeError::Precondition("init process is starting".into())));
+            return;
+        }
+        let (runtime, id, bundle, tx) =
+            (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone(), self.self_tx.clone());
+        let io = self.init.io.take();
+        let rootfs_mounted = self.rootfs_mounted;
+        self.tasks.spawn(async move {
+            let result = teardown(&runtime, &id, &bundle, io, rootfs_mounted).await;
+            let _ = tx.send(Msg::InitDeleted { result, reply });
+        });
+    }
+
+    fn init_deleted(&mut self, result: Result<()>, reply: Reply<Deleted>) -> bool {
+        if let Err(e) = result {
+            let _ = reply.send(Err(e));
+            return false;
+        }
+        let exit = self.init.exit.unwrap_or(ExitInfo { pid: self.init.pid, status: 0, at: SystemTime::UNIX_EPOCH });
+        self.init.state = State::Deleted;
+        let mut ev = TaskDelete::new();
+        ev.container_id = self.id.clone();
+        ev.pid = self.init.pid;
+        ev.exit_status = exit.status;
+        ev.exited_at = protobuf::MessageField::some(shim_events::publisher::timestamp(exit.at));
+        let steps = self.seq.deleted(ev);
+        self.apply(steps);
+        for p in self.execs.values().chain(std::iter::once(&self.init)) {
+            if p.pid != 0 {
+                self.shared.reaper.forget_pid(p.pid);
+            }
+        }
+        // Leave the registry before replying, so a Shutdown right after sees no container.
+        self.shared.registry.remove(&self.id);
+        let _ = reply.send(Ok(Deleted { pid: self.init.pid, status: exit.status, at: exit.at }));
+        true
+    }
+
+    fn pids(&mut self, reply: Reply<Vec<(u32, Option<String>)>>) {
+        let execs: HashMap<u32, String> =
+            self.execs.iter().filter(|(_, p)| p.pid != 0).map(|(id, p)| (p.pid, id.clone())).collect();
+        let (runtime, id, bundle) = (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone());
+        self.tasks.spawn(async move {
+            let r = runtime
+                .ps(&id, &bundle)
+                .await
+                .map(|pids| pids.into_iter().map(|pid| (pid, execs.get(&pid).cloned())).collect())
+                .map_err(RuntimeError::from);
+            let _ = reply.send(r);
+        });
+    }
+}
+
+/// Stdio of the init for TaskCreate.
+pub fn task_io(stdio: &StdioConfig) -> TaskIO {
+    let mut io = TaskIO::new();
+    io.stdin = stdio.stdin.clone();
+    io.stdout = stdio.stdout.clone();
+    io.stderr = stdio.stderr.clone();
+    io.terminal = stdio.terminal;
+    io
+}
+
+async fn run_exec(
+    runtime: &Runtime,
+    id: &str,
+    bundle: &std::path::Path,
+    exec_id: &str,
+    spec: &serde_json::Value,
+    stdio: &StdioConfig,
+    (uid, gid): (u32, u32),
+) -> Result<(u32, ProcessIo)> {
+    let (io, rt_stdio) = ProcessIo::setup(stdio, uid, gid)?;
+    let process_file = bundle.join(format!(".{exec_id}.process.json"));
+    let pid_file = bundle.join(format!("{exec_id}.pid"));
+    let bytes =
+        serde_json::to_vec(spec).map_err(|e| RuntimeError::InvalidArgument { field: "spec", reason: e.to_string() })?;
+    std::fs::write(&process_file, bytes)
+        .map_err(|e| RuntimeError::Sys { what: format!("write {}", process_file.display()), source: e })?;
+    let r = runtime.exec(id, bundle, &process_file, &pid_file, None, rt_stdio).await;
+    let _ = std::fs::remove_file(&process_file);
+    r?;
+    let pid = read_pid_file(&pid_file)?;
+    Ok((pid, io))
+}
+
+async fn teardown(
+    runtime: &Runtime,
+    id: &str,
+    bundle: &std::path::Path,
+    io: Option<ProcessIo>,
+    rootfs_mounted: bool,
+) -> Result<()> {
+    runtime.delete(id, Some(&bundle.join("log.json")), false).await?;
+    if let Some(mut io) = io {
+        if !io.drain(IO_DRAIN_TIMEOUT).await {
+            tracing::warn!(container_id = %id, "failed to drain init process io");
+        }
+    }
+    if rootfs_mounted {
+        crate::mount::unmount_all(&bundle.join("rootfs"))
+            .map_err(|e| RuntimeError::Sys { what: "unmount rootfs".into(), source: e })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Create: everything before a container's actor exists. Rolls back what it did on failure:
+//! no runtime container, mount or stdio copy is left behind by a failed Create.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim_protos::events::task::TaskCreate;
+
+use crate::container::{self, ContainerHandle, NewContainer, Shared};
+use crate::error::{Result, RuntimeError};
+use crate::io::{ProcessIo, StdioConfig};
+use crate::mount::{self, MountSpec};
+use crate::oci::{read_pid_file, CreateOpts, Runtime};
+use crate::options::{validate_id, BundleSpec, RuncOptions};
+
+/// A decoded CreateTaskRequest.
+#[derive(Debug, Clone)]
+pub struct CreateParams {
+    /// Container id.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: String,
+    /// Rootfs mounts to mount on `<bundle>/rootfs`.
+    pub rootfs: Vec<MountSpec>,
+    /// Init stdio.
+    pub stdio: StdioConfig,
+    /// Checkpoint to restore from (unsupported yet).
+    pub checkpoint: String,
+    /// Runtime options.
+    pub options: RuncOptions,
+    /// The containerd namespace.
+    pub namespace: String,
+}
+
+fn bundle_path(raw: &str) -> Result<PathBuf> {
+    let invalid =
+        |reason: &str| RuntimeError::InvalidArgument { field: "bundle", reason: format!("{raw:?}: {reason}") };
+    let p = Path::new(raw);
+    if !p.is_absolute() {
+        return Err(invalid("must be an absolute path"));
+    }
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(invalid("must not contain .."));
+    }
+    if !p.join("config.json").is_file() {
+        return Err(invalid("has no config.json"));
+    }
+    Ok(p.to_path_buf())
+}
+
+/// Undoes a partial Create when dropped unarmed.
+struct Rollback<'a> {
+    rootfs: Option<PathBuf>,
+    runtime: Option<(&'a Runtime, &'a str, PathBuf)>,
+}
+
+impl Rollback<'_> {
+    async fn run(self) {
+        if let Some((runtime, id, log)) = self.runtime {
+            if let Err(e) = runtime.delete(id, Some(&log), true).await {
+                tracing::warn!(container_id = id, error = %e, "rollback: runtime delete failed");
+            }
+        }
+        if let Some(rootfs) = self.rootfs {
+            if let Err(e) = mount::unmount_all(&rootfs) {
+                tracing::warn!(path = %rootfs.display(), error = %e, "rollback: unmount failed");
+            }
+        }
+    }
+}
+
+/// Creates a container and starts its actor; returns the init pid and the handle. The id must
+/// already be reserved by the caller.
+pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, ContainerHandle)> {
+    validate_id(&params.id).map_err(|reason| RuntimeError::InvalidArgument { field: "id", reason })?;
+    if !params.checkpoint.is_empty() {
+        return Err(RuntimeError::Unimplemented("restore from checkpoint"));
+    }
+    let bundle = bundle_path(&params.bundle)?;
+    let spec = BundleSpec::load(&bundle)?;
+    let opts = &params.options;
+    opts.write_to_bundle(&bundle)?;
+    let runtime = Arc::new(Runtime::new(
+        opts.binary(),
+        opts.root_for(&params.namespace),
+        opts.systemd_cgroup,
+        shared.reaper.clone(),
+    ));
+
+    let mut rollback = Rollback { rootfs: None, runtime: None };
+    let rootfs_mounted = !params.rootfs.is_empty();
+    if rootfs_mounted {
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs)
+            .map_err(|e| RuntimeError::Sys { what: format!("mkdir {}", rootfs.display()), source: e })?;
+        mount::mount_all(&params.rootfs, &rootfs)?;
+        rollback.rootfs = Some(rootfs);
+    }
+
+    let result = async {
+        let (io, rt_stdio) = ProcessIo::setup(&params.stdio, opts.io_uid, opts.io_gid)?;
+        let pid_file = bundle.join("init.pid");
+        let create_opts =
+            CreateOpts { no_pivot: opts.no_pivot_root, no_new_keyring: opts.no_new_keyring, console_socket: None };
+        // Subscribe before the runtime can start the init, so an exit before we know its pid
+        // is matched afterwards (SPEC §4.7 no. 3).
+        let subscription = shared.reaper.subscribe();
+        let created = runtime.create(&params.id, &bundle, &pid_file, &create_opts, rt_stdio).await;
+        // Whatever happened, the runtime may hold state for the id from here on.
+        rollback.runtime = Some((&runtime, &params.id, bundle.join("log.json")));
+        created?;
+        let pid = read_pid_file(&pid_file)?;
+        Ok::<_, RuntimeError>((pid, io, subscription))
+    }
+    .await;
+
+    let (pid, io, subscription) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            rollback.run().await;
+            return Err(e);
+        }
+    };
+
+    let mut event = TaskCreate::new();
+    event.container_id = params.id.clone();
+    event.bundle = params.bundle.clone();
+    event.rootfs = params
+        .rootfs
+        .iter()
+        .map(|m| {
+            let mut pm = containerd_shim_protos::types::mount::Mount::new();
+            pm.type_ = m.kind.clone();
+            pm.source = m.source.clone();
+            pm.options = m.options.clone();
+            pm
+        })
+        .collect();
+    event.io = protobuf::MessageField::some(container::task_io(&params.stdio));
+    event.pid = pid;
+
+    let handle = container::spawn(
+        NewContainer {
+            id: params.id.clone(),
+            bundle,
+            runtime: Arc::clone(&runtime),
+            pid,
+            stdio: params.stdio,
+            io,
+            rootfs_mounted,
+            shares_pid_ns: spec.shares_pid_namespace(),
+            io_owner: (opts.io_uid, opts.io_gid),
+            event,
+        },
+        subscription,
+        shared.clone(),
+    );
+    Ok((pid, handle))
+}

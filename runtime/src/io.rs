@@ -1,0 +1,218 @@
+//! Process stdio: pipes given to the container, copied to and from containerd's fifos.
+//!
+//! Non-terminal mode (SPEC §5.1): for each requested stream the shim makes a pipe; the
+//! container-side end becomes the runtime's (and so the process's) stdio and the shim copies
+//! between its end and the fifo, one task per stream.
+//! - stdout/stderr fifos are opened read-write and non-blocking: the open never blocks on a
+//!   client that has not opened its side yet, and the shim's own read handle keeps writes from
+//!   failing with EPIPE while containerd restarts (what the Go shim's extra `O_RDONLY` open does).
+//! - the stdin fifo is opened for reading, plus a keep-alive write handle so the reader sees EOF
+//!   only after `CloseIO` *and* the client closing its writer (SPEC §5.1). At EOF the pipe to the
+//!   process is closed and the process sees EOF.
+//!
+//! Terminals, `binary://` and `file://` loggers are not supported yet (the IO issue); asking for
+//! them is an error, not a silent fallback.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
+
+use crate::oci::RuntimeStdio;
+
+/// Copy buffer size, one per stream.
+const COPY_BUFFER: usize = 32 * 1024;
+
+/// Errors setting up stdio.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// A stdio URI scheme the shim does not handle yet.
+    #[error("unsupported stdio {stream} {uri:?}: only fifos are supported yet")]
+    Unsupported {
+        /// Which stream.
+        stream: &'static str,
+        /// The URI as given.
+        uri: String,
+    },
+    /// Terminal mode is not implemented yet.
+    #[error("terminal mode is not supported yet")]
+    TerminalUnsupported,
+    /// Opening a fifo or making a pipe failed.
+    #[error("{what} {path}: {source}")]
+    Open {
+        /// What was being opened.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The stdio a process was asked to have, as containerd passed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioConfig {
+    /// stdin fifo path, or empty.
+    pub stdin: String,
+    /// stdout fifo path, or empty.
+    pub stdout: String,
+    /// stderr fifo path, or empty.
+    pub stderr: String,
+    /// Whether a terminal was requested.
+    pub terminal: bool,
+}
+
+/// The shim's side of one process's stdio: the copy tasks and the stdin keep-alive.
+#[derive(Debug, Default)]
+pub struct ProcessIo {
+    stdin_keepalive: Option<std::fs::File>,
+    input: Option<JoinHandle<()>>,
+    outputs: Vec<JoinHandle<()>>,
+}
+
+fn fifo_path(stream: &'static str, uri: &str) -> Result<Option<String>, IoError> {
+    if uri.is_empty() {
+        return Ok(None);
+    }
+    let path = uri.strip_prefix("fifo://").unwrap_or(uri);
+    if path.contains("://") {
+        return Err(IoError::Unsupported { stream, uri: uri.to_owned() });
+    }
+    Ok(Some(path.to_owned()))
+}
+
+fn make_pipe(path: &str) -> Result<(OwnedFd, OwnedFd), IoError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| IoError::Open {
+        what: "pipe for",
+        path: path.to_owned(),
+        source: e.into(),
+    })
+}
+
+fn chown_fd(fd: &OwnedFd, uid: u32, gid: u32, path: &str) -> Result<(), IoError> {
+    if uid == 0 && gid == 0 {
+        return Ok(());
+    }
+    nix::unistd::fchown(fd.as_raw_fd(), Some(uid.into()), Some(gid.into())).map_err(|e| IoError::Open {
+        what: "chown pipe for",
+        path: path.to_owned(),
+        source: e.into(),
+    })
+}
+
+async fn copy<R, W>(mut from: R, mut to: W, stream: &'static str)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut reader = tokio::io::BufReader::with_capacity(COPY_BUFFER, &mut from);
+    if let Err(e) = tokio::io::copy_buf(&mut reader, &mut to).await {
+        tracing::debug!(stream, error = %e, "stdio copy ended");
+    }
+}
+
+impl ProcessIo {
+    /// Opens the fifos, makes the pipes and starts the copies. Returns the shim side and the
+    /// container side (to hand to the runtime). `uid`/`gid` own the container-side ends.
+    pub fn setup(cfg: &StdioConfig, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
+        if cfg.terminal {
+            return Err(IoError::TerminalUnsupported);
+        }
+        let stdin = fifo_path("stdin", &cfg.stdin)?;
+        let stdout = fifo_path("stdout", &cfg.stdout)?;
+        let stderr = fifo_path("stderr", &cfg.stderr)?;
+        let mut io = ProcessIo::default();
+        let mut rt = RuntimeStdio::default();
+
+        for (stream, path) in [("stdout", stdout), ("stderr", stderr)] {
+            let Some(path) = path else { continue };
+            let fifo = open_output(&path)?;
+            let (r, w) = make_pipe(&path)?;
+            chown_fd(&w, uid, gid, &path)?;
+            let rx = pipe::Receiver::from_owned_fd(r).map_err(|e| IoError::Open {
+                what: "pipe for",
+                path: path.clone(),
+                source: e,
+            })?;
+            io.outputs.push(tokio::spawn(copy(rx, fifo, stream)));
+            if stream == "stdout" {
+                rt.stdout = Some(w);
+            } else {
+                rt.stderr = Some(w);
+            }
+        }
+        if let Some(path) = stdin {
+            let open = |e: io::Error| IoError::Open { what: "open stdin fifo", path: path.clone(), source: e };
+            let fifo = pipe::OpenOptions::new().open_receiver(&path).map_err(open)?;
+            let keepalive = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(open)?;
+            let (r, w) = make_pipe(&path)?;
+            chown_fd(&r, uid, gid, &path)?;
+            let tx = pipe::Sender::from_owned_fd(w).map_err(open)?;
+            io.input = Some(tokio::spawn(copy(fifo, tx, "stdin")));
+            io.stdin_keepalive = Some(keepalive);
+            rt.stdin = Some(r);
+        }
+        Ok((io, rt))
+    }
+
+    /// Closes the shim's own write handle on the stdin fifo (`CloseIO`).
+    pub fn close_stdin(&mut self) {
+        self.stdin_keepalive = None;
+    }
+
+    /// Waits up to `limit` for the output copies to reach EOF, then stops every copy.
+    /// Returns whether the output was fully drained.
+    pub async fn drain(&mut self, limit: Duration) -> bool {
+        let outputs = std::mem::take(&mut self.outputs);
+        let aborts: Vec<_> = outputs.iter().map(|h| h.abort_handle()).collect();
+        let drained = tokio::time::timeout(limit, async {
+            for h in outputs {
+                let _ = h.await;
+            }
+        })
+        .await
+        .is_ok();
+        for a in aborts {
+            a.abort();
+        }
+        self.shutdown();
+        drained
+    }
+
+    fn shutdown(&mut self) {
+        self.stdin_keepalive = None;
+        if let Some(h) = self.input.take() {
+            h.abort();
+        }
+        for h in self.outputs.drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for ProcessIo {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+fn open_output(path: &str) -> Result<pipe::Sender, IoError> {
+    let open = |e: io::Error| IoError::Open { what: "open output fifo", path: path.to_owned(), source: e };
+    let meta = std::fs::metadata(Path::new(path)).map_err(open)?;
+    if !meta.file_type().is_fifo() {
+        return Err(IoError::Unsupported { stream: "output", uri: path.to_owned() });
+    }
+    pipe::OpenOptions::new().read_write(true).open_sender(path).map_err(open)
+}

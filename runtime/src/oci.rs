@@ -1,0 +1,396 @@
+//! The OCI runtime CLI driver (runc, or crun through `BinaryName`).
+//!
+//! Every invocation is spawned through the [`Reaper`] (registered under the spawn lock) and
+//! awaited on its routed exit; nothing here calls `wait`. runc's own error text goes to
+//! `--log <bundle>/log.json` (its stdio may be the container's), and is turned into a typed
+//! [`OciError`] by the one classifier, [`classify`].
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tokio::io::AsyncReadExt;
+
+use crate::reaper::Reaper;
+use crate::sys;
+
+/// Errors of the OCI runtime layer.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// The runtime binary does not exist (the text containerd's tests look for).
+    #[error("exec: \"{binary}\": executable file not found in $PATH")]
+    BinaryNotFound {
+        /// The binary name as configured.
+        binary: String,
+    },
+    /// The runtime could not be spawned for another reason.
+    #[error("failed to start {binary}: {source}")]
+    Spawn {
+        /// The binary name.
+        binary: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The process the operation was aimed at has already exited.
+    #[error("process already finished")]
+    ProcessFinished,
+    /// The runtime has no such container.
+    #[error("no such container")]
+    ContainerNotFound,
+    /// The runtime ran and failed.
+    #[error("OCI runtime {op} failed: {message}")]
+    Failed {
+        /// The runtime subcommand.
+        op: &'static str,
+        /// The runtime's last error message (log.json), or its stderr.
+        message: String,
+    },
+    /// Local IO around the runtime call (pipes, pid files, output).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Classifies a runtime's failure message into a typed error. The only place that matches on
+/// runc/crun text.
+pub fn classify(op: &'static str, message: &str) -> OciError {
+    let m = message.to_ascii_lowercase();
+    if m.contains("container not running")
+        || m.contains("no such process")
+        || m.contains("process already finished")
+        || m.contains("container is stopped")
+    {
+        OciError::ProcessFinished
+    } else if m.contains("does not exist") || m.contains("container not found") {
+        OciError::ContainerNotFound
+    } else {
+        OciError::Failed { op, message: message.trim().to_owned() }
+    }
+}
+
+/// The container-side stdio given to `runc create`/`runc exec` (the container inherits it).
+#[derive(Debug, Default)]
+pub struct RuntimeStdio {
+    /// stdin of the process; `/dev/null` when absent.
+    pub stdin: Option<OwnedFd>,
+    /// stdout of the process; `/dev/null` when absent.
+    pub stdout: Option<OwnedFd>,
+    /// stderr of the process; `/dev/null` when absent.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Options of `runc create`.
+#[derive(Debug, Default, Clone)]
+pub struct CreateOpts {
+    /// `--no-pivot`
+    pub no_pivot: bool,
+    /// `--no-new-keyring`
+    pub no_new_keyring: bool,
+    /// `--console-socket`
+    pub console_socket: Option<PathBuf>,
+}
+
+/// One OCI runtime configuration (binary, state root, cgroup driver).
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    binary: String,
+    root: PathBuf,
+    systemd_cgroup: bool,
+    reaper: Reaper,
+}
+
+/// Reads the last `"level":"error"` message from a runtime JSON log.
+fn last_log_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v.get("level")?.as_str()? == "error" {
+            Some(v.get("msg")?.as_str()?.to_owned())
+        } else {
+            None
+        }
+    })
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), OciError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| OciError::Io { what: "pipe".into(), source: e.into() })
+}
+
+async fn read_all(fd: OwnedFd) -> io::Result<Vec<u8>> {
+    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut buf = Vec::new();
+    rx.read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+impl Runtime {
+    /// A runtime driver. `root` is the runtime's state root *including* the namespace.
+    pub fn new(binary: impl Into<String>, root: impl Into<PathBuf>, systemd_cgroup: bool, reaper: Reaper) -> Self {
+        Runtime { binary: binary.into(), root: root.into(), systemd_cgroup, reaper }
+    }
+
+    /// The binary name.
+    pub fn binary(&self) -> &str {
+        &self.binary
+    }
+
+    fn command(&self, log: Option<&Path>) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root);
+        if let Some(log) = log {
+            cmd.arg("--log").arg(log).arg("--log-format").arg("json");
+        }
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.env_remove("NOTIFY_SOCKET");
+        sys::kill_on_parent_death(&mut cmd);
+        cmd
+    }
+
+    /// Runs one runtime command to completion. `stdio` becomes the runtime's stdio (and so the
+    /// container's, for create/exec); without it, stdout is captured and returned and stderr is
+    /// captured for the error text.
+    async fn run(
+        &self,
+        op: &'static str,
+        log: Option<&Path>,
+        args: Vec<OsString>,
+        stdio: Option<RuntimeStdio>,
+        input: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, OciError> {
+        let mut cmd = self.command(log);
+        cmd.args(&args);
+        let mut captured = None;
+        let mut stdin_writer = None;
+        match stdio {
+            Some(s) => {
+                cmd.stdin(s.stdin.map_or_else(Stdio::null, Stdio::from));
+                cmd.stdout(s.stdout.map_or_else(Stdio::null, Stdio::from));
+                cmd.stderr(s.stderr.map_or_else(Stdio::null, Stdio::from));
+            }
+            None => {
+                let (out_r, out_w) = pipe()?;
+                let (err_r, err_w) = pipe()?;
+                cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+                match input {
+                    Some(data) => {
+                        let (in_r, in_w) = pipe()?;
+                        cmd.stdin(Stdio::from(in_r));
+                        stdin_writer = Some((in_w, data));
+                    }
+                    None => {
+                        cmd.stdin(Stdio::null());
+                    }
+                }
+                captured = Some((out_r, err_r));
+            }
+        }
+        let spawned = self.reaper.spawn(&mut cmd);
+        // Close our copies of the child's ends now, so EOF arrives when the child exits.
+        drop(cmd);
+        let (pid, exit_rx) = spawned.map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => OciError::BinaryNotFound { binary: self.binary.clone() },
+            _ => OciError::Spawn { binary: self.binary.clone(), source: e },
+        })?;
+        tracing::debug!(op, pid, "runtime spawned");
+        if let Some((fd, data)) = stdin_writer {
+            let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+                .map_err(|e| OciError::Io { what: "runtime stdin".into(), source: e })?;
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&data).await.map_err(|e| OciError::Io { what: "runtime stdin".into(), source: e })?;
+        }
+        let (stdout, stderr) = match captured {
+            Some((out, err)) => {
+                let (o, e) = tokio::join!(read_all(out), read_all(err));
+                (o.unwrap_or_default(), e.unwrap_or_default())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let exit = exit_rx
+            .await
+            .map_err(|_| OciError::Io { what: format!("{op}: exit lost"), source: io::ErrorKind::Other.into() })?;
+        if exit.status == 0 {
+            return Ok(stdout);
+        }
+        let message = log
+            .and_then(last_log_error)
+            .or_else(|| {
+                let s = String::from_utf8_lossy(&stderr).trim().to_owned();
+                (!s.is_empty()).then_some(s)
+            })
+            .unwrap_or_else(|| format!("exit status {}", exit.status));
+        Err(classify(op, &message))
+    }
+
+    /// `runc create`. The init's pid is in `pid_file` afterwards.
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        opts: &CreateOpts,
+        stdio: RuntimeStdio,
+    ) -> Result<(), OciError> {
+        let mut args: Vec<OsString> =
+            vec!["create".into(), "--bundle".into(), bundle.into(), "--pid-file".into(), pid_file.into()];
+        if let Some(s) = &opts.console_socket {
+            args.push("--console-socket".into());
+            args.push(s.into());
+        }
+        if opts.no_pivot {
+            args.push("--no-pivot".into());
+        }
+        if opts.no_new_keyring {
+            args.push("--no-new-keyring".into());
+        }
+        args.push(id.into());
+        self.run("create", Some(&bundle.join("log.json")), args, Some(stdio), None).await.map(|_| ())
+    }
+
+    /// `runc start`.
+    pub async fn start(&self, id: &str, bundle: &Path) -> Result<(), OciError> {
+        self.run("start", Some(&bundle.join("log.json")), vec!["start".into(), id.into()], None, None).await.map(|_| ())
+    }
+
+    /// `runc exec --detach` of the process spec in `process_file`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        bundle: &Path,
+        process_file: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        stdio: RuntimeStdio,
+    ) -> Result<(), OciError> {
+        let mut args: Vec<OsString> = vec![
+            "exec".into(),
+            "--process".into(),
+            process_file.into(),
+            "--detach".into(),
+            "--pid-file".into(),
+            pid_file.into(),
+        ];
+        if let Some(s) = console_socket {
+            args.push("--console-socket".into());
+            args.push(s.into());
+        }
+        args.push(id.into());
+        self.run("exec", Some(&bundle.join("log.json")), args, Some(stdio), None).await.map(|_| ())
+    }
+
+    /// `runc kill [--all] ID SIGNAL`.
+    pub async fn kill(&self, id: &str, bundle: &Path, signal: u32, all: bool) -> Result<(), OciError> {
+        let mut args: Vec<OsString> = vec!["kill".into()];
+        if all {
+            args.push("--all".into());
+        }
+        args.push(id.into());
+        args.push(signal.to_string().into());
+        self.run("kill", Some(&bundle.join("log.json")), args, None, None).await.map(|_| ())
+    }
+
+    /// `runc delete [--force]`. A container the runtime does not know is not an error.
+    pub async fn delete(&self, id: &str, log: Option<&Path>, force: bool) -> Result<(), OciError> {
+        let mut args: Vec<OsString> = vec!["delete".into()];
+        if force {
+            args.push("--force".into());
+        }
+        args.push(id.into());
+        match self.run("delete", log, args, None, None).await {
+            Ok(_) | Err(OciError::ContainerNotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `runc ps --format json`: the pids in the container's cgroup.
+    pub async fn ps(&self, id: &str, bundle: &Path) -> Result<Vec<u32>, OciError> {
+        let out = self
+            .run(
+                "ps",
+                Some(&bundle.join("log.json")),
+                vec!["ps".into(), "--format".into(), "json".into(), id.into()],
+                None,
+                None,
+            )
+            .await?;
+        let pids: Option<Vec<u32>> = serde_json::from_slice(&out).ok();
+        pids.ok_or_else(|| OciError::Failed { op: "ps", message: "unparsable output".into() })
+    }
+}
+
+/// Reads a pid file written by the runtime.
+pub fn read_pid_file(path: &Path) -> Result<u32, OciError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| OciError::Io { what: format!("read pid file {}", path.display()), source: e })?;
+    text.trim().parse::<u32>().map_err(|e| OciError::Io {
+        what: format!("parse pid file {}", path.display()),
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    })
+}
+
+/// Runs `program args` through the reaper and returns its stdout (for one-shot helpers such as
+/// `containerd --version` and `runc features`). Fails on a non-zero exit.
+pub async fn capture(reaper: &Reaper, program: &Path, args: &[&str]) -> Result<Vec<u8>, OciError> {
+    let (out_r, out_w) = pipe()?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(out_w)).stderr(Stdio::null());
+    let spawned = reaper.spawn(&mut cmd);
+    drop(cmd);
+    let binary = program.display().to_string();
+    let (_, exit_rx) = spawned.map_err(|e| OciError::Spawn { binary: binary.clone(), source: e })?;
+    let out = read_all(out_r).await.map_err(|e| OciError::Io { what: format!("read {binary}"), source: e })?;
+    let exit = exit_rx
+        .await
+        .map_err(|_| OciError::Io { what: format!("{binary}: exit lost"), source: io::ErrorKind::Other.into() })?;
+    if exit.status != 0 {
+        return Err(OciError::Failed { op: "capture", message: format!("{binary} exited with {}", exit.status) });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_recorded_runtime_messages() {
+        // runc 1.1
+        assert!(matches!(classify("kill", "container not running"), OciError::ProcessFinished));
+        assert!(matches!(classify("kill", "os: process already finished"), OciError::ProcessFinished));
+        assert!(matches!(classify("kill", "container \"abc\" does not exist"), OciError::ContainerNotFound));
+        // crun
+        assert!(matches!(
+            classify(
+                "kill",
+                "error opening file `/run/crun/abc/status`: No such file or directory; container not found"
+            ),
+            OciError::ContainerNotFound
+        ));
+        assert!(matches!(classify("kill", "kill container: No such process"), OciError::ProcessFinished));
+        let other = classify("create", "exec: \"nope\": executable file not found in $PATH\n");
+        assert_eq!(other.to_string(), "OCI runtime create failed: exec: \"nope\": executable file not found in $PATH");
+    }
+
+    #[test]
+    fn last_error_comes_from_json_log() {
+        let dir = std::env::temp_dir().join(format!("oci-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log.json");
+        std::fs::write(
+            &log,
+            "{\"level\":\"error\",\"msg\":\"first\"}\n{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"second\"}\n{\"level\":\"info\",\"msg\":\"i\"}\n",
+        )
+        .unwrap();
+        assert_eq!(last_log_error(&log).as_deref(), Some("second"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,85 @@
+//! `id → ContainerHandle`: the only map shared by RPC handlers. A std `Mutex` guards single map
+//! operations; it is never held across an await, a runtime call or IO.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::container::ContainerHandle;
+use crate::error::{Result, RuntimeError};
+
+#[derive(Debug)]
+enum Slot {
+    /// A Create is in flight for this id.
+    Creating,
+    Ready(ContainerHandle),
+}
+
+/// The containers of this shim.
+#[derive(Debug, Default)]
+pub struct Registry {
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+/// A reserved id; dropping it without [`Reservation::fulfill`] frees the id again.
+#[derive(Debug)]
+pub struct Reservation {
+    registry: Arc<Registry>,
+    id: String,
+    fulfilled: bool,
+}
+
+impl Reservation {
+    /// Publishes the container under the reserved id.
+    pub fn fulfill(mut self, handle: ContainerHandle) {
+        self.registry.lock().insert(self.id.clone(), Slot::Ready(handle));
+        self.fulfilled = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.fulfilled {
+            self.registry.lock().remove(&self.id);
+        }
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // Single inserts/removes only: a poisoned map is still consistent.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `id` for a Create. `AlreadyExists` if it is taken or being created.
+    pub fn reserve(self: &Arc<Self>, id: &str) -> Result<Reservation> {
+        let mut slots = self.lock();
+        if slots.contains_key(id) {
+            return Err(RuntimeError::AlreadyExists { id: id.to_owned() });
+        }
+        slots.insert(id.to_owned(), Slot::Creating);
+        Ok(Reservation { registry: Arc::clone(self), id: id.to_owned(), fulfilled: false })
+    }
+
+    /// The container `id`.
+    pub fn get(&self, id: &str) -> Result<ContainerHandle> {
+        match self.lock().get(id) {
+            Some(Slot::Ready(h)) => Ok(h.clone()),
+            _ => Err(RuntimeError::ContainerNotFound { id: id.to_owned() }),
+        }
+    }
+
+    /// Forgets `id` (its init was deleted).
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Whether no container exists or is being created.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Number of containers, including those being created.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+}

@@ -1,0 +1,70 @@
+//! Every `unsafe` of the runtime crate lives here, each block with the reason it is sound.
+//!
+//! Syscalls the rest of the crate needs and that `nix`/`std` do not offer safely: the child
+//! subreaper bit, the parent-death signal of spawned runtimes, and adopting inherited fds.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Makes this process the child subreaper of its descendants (`PR_SET_CHILD_SUBREAPER`), so
+/// container processes reparent to the shim when their `runc` parent exits.
+pub fn set_child_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// Arranges for `cmd`'s child to get SIGKILL when the thread that spawned it dies, as the Go
+/// shim does for runc (`Pdeathsig`). Spawn from a long-lived thread: the signal is tied to the
+/// forking *thread*.
+pub fn kill_on_parent_death(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2), which
+    // is async-signal-safe; it touches no memory of the parent and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of an fd this process inherited from its parent (the listener on fd 3).
+///
+/// Returns `None` when `fd` is not open. Call at most once per fd, before anything else could
+/// have opened, closed or adopted it.
+pub fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    let open = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok();
+    if !open {
+        return None;
+    }
+    // SAFETY: the fd is open (checked above), was inherited across exec so nothing in this
+    // process owns it yet, and callers adopt each inherited fd once at startup.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes `fd` the child's fd `target` (close-on-exec cleared), keeping `fd` alive in the
+/// parent until `cmd` is dropped.
+pub fn pass_fd(cmd: &mut Command, fd: OwnedFd, target: RawFd) {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and calls only dup2(2) and
+    // fcntl(2), both async-signal-safe; `raw` stays open in the parent (owned by the closure's
+    // captured `fd`) until the Command, and so the closure, is dropped after spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &fd;
+            if raw == target {
+                let flags = libc::fcntl(raw, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, target) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,68 @@
+//! `containerd-shim-runc-v2`: a Rust drop-in for containerd's Go runc shim.
+//!
+//! Startup order (fixed): parse flags → `-v`/`-info`/`start`/`delete` short paths → for the
+//! daemon: set child subreaper, point stderr at the bundle's `log` fifo, install logging, build
+//! the single-threaded tokio runtime, start the reaper (SIGCHLD) before anything is spawned,
+//! then the publisher and the ttrpc server.
+
+mod bootstrap;
+mod cli;
+mod info;
+mod server;
+mod status;
+mod task;
+
+use std::process::ExitCode;
+
+use cli::Action;
+
+fn init_logging(debug: bool) {
+    // The Go shim dup2s the bundle's `log` fifo onto stderr, so panics land in containerd's log.
+    if let Ok(log) = std::fs::OpenOptions::new().write(true).custom_flags(libc_nonblock()).open("log") {
+        let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 2);
+    }
+    let level = if debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_writer(std::io::stderr).try_init();
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+fn libc_nonblock() -> i32 {
+    nix::fcntl::OFlag::O_NONBLOCK.bits()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (flags, action) = match cli::parse(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Set for every action, as the Go shim does, so runtime helpers reparent to us.
+    if let Err(e) = shim_runtime::sys::set_child_subreaper() {
+        eprintln!("set child subreaper: {e}");
+    }
+    let result = match action {
+        Action::Version => {
+            info::print_version();
+            Ok(())
+        }
+        Action::Info => info::print_info(),
+        Action::Start => bootstrap::start(&flags),
+        Action::Delete => bootstrap::delete(&flags),
+        Action::Serve => {
+            init_logging(flags.debug);
+            server::serve(&flags)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "shim failed");
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

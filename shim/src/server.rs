@@ -1,0 +1,95 @@
+//! The daemon: ttrpc server on the inherited listener, shut down on `Shutdown` (no container
+//! left) or SIGTERM/SIGINT.
+
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shim_events::{Publisher, PublisherConfig};
+use shim_runtime::container::Shared;
+use shim_runtime::reaper::Reaper;
+use shim_runtime::registry::Registry;
+use shim_runtime::sys;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+use crate::cli::Flags;
+use crate::task::TaskService;
+
+/// How long the daemon waits for queued events to reach containerd before exiting.
+const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn take_listener(flags: &Flags) -> Result<StdUnixListener> {
+    if !flags.socket.is_empty() {
+        let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
+        let _ = std::fs::remove_file(path);
+        return StdUnixListener::bind(path).with_context(|| format!("listen on {path}"));
+    }
+    let fd = sys::adopt_inherited_fd(3).context("no listener on fd 3 (run through `start`)")?;
+    Ok(StdUnixListener::from(fd))
+}
+
+/// Accepts connections, refusing peers whose uid differs from ours (SO_PEERCRED), as the Go
+/// shim's `UnixSocketRequireSameUser` handshake does.
+fn same_user_listener(listener: UnixListener) -> ttrpc::asynchronous::transport::Listener {
+    let euid = nix::unistd::geteuid().as_raw();
+    let stream = futures::stream::unfold(listener, move |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => match conn.peer_cred() {
+                    Ok(cred) if cred.uid() == euid => return Some((Ok(conn), listener)),
+                    Ok(cred) => tracing::warn!(uid = cred.uid(), "refused connection from another user"),
+                    Err(e) => tracing::warn!(error = %e, "refused connection without credentials"),
+                },
+                Err(e) => return Some((Err(e), listener)),
+            }
+        }
+    });
+    ttrpc::asynchronous::transport::Listener::new(stream)
+}
+
+/// Runs the daemon until shutdown. Startup order: subreaper (done by the caller) → runtime →
+/// reaper → publisher → server.
+pub fn serve(flags: &Flags) -> Result<()> {
+    let listener = take_listener(flags)?;
+    listener.set_nonblocking(true)?;
+    let socket_path: Option<PathBuf> = listener.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let reaper = Reaper::new();
+        let reap = tokio::spawn(reaper.run().context("install SIGCHLD handler")?);
+        let (publisher, publisher_task) = Publisher::start(PublisherConfig {
+            ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+            namespace: flags.namespace.clone(),
+        });
+        let shared = Shared { reaper, publisher: publisher.clone(), registry: Arc::new(Registry::default()) };
+        let shutdown = Arc::new(Notify::new());
+        let service = TaskService::new(shared, flags.namespace.clone(), Arc::clone(&shutdown));
+        let listener = UnixListener::from_std(listener)?;
+        let mut server = ttrpc::asynchronous::Server::new()
+            .add_listener(same_user_listener(listener))
+            .register_service(service.services());
+        server.start().await.context("start ttrpc server")?;
+        tracing::info!(namespace = %flags.namespace, id = %flags.id, "shim serving");
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = shutdown.notified() => tracing::info!("shutdown requested"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        if !publisher.flush(EXIT_FLUSH_TIMEOUT).await {
+            tracing::warn!("exiting with undelivered events");
+        }
+        if let Some(path) = &socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+        reap.abort();
+        publisher_task.abort();
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(())
+}

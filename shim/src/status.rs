@@ -1,0 +1,90 @@
+//! `ShimError` and the only mapping from errors to ttrpc codes (STYLE item 12).
+
+use shim_runtime::io::IoError;
+use shim_runtime::oci::OciError;
+use shim_runtime::RuntimeError;
+use ttrpc::Code;
+
+/// Errors of the protocol edge.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// A request field that does not decode or is out of range.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Not implemented by this shim yet.
+    #[error("{0} is not implemented")]
+    Unimplemented(&'static str),
+    /// From the runtime layer.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// The ttrpc code for an error.
+pub fn code(e: &ShimError) -> Code {
+    match e {
+        ShimError::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
+        ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
+        ShimError::Runtime(r) => match r {
+            RuntimeError::ContainerNotFound { .. }
+            | RuntimeError::ProcessNotFound { .. }
+            | RuntimeError::ProcessFinished
+            | RuntimeError::Gone { .. } => Code::NOT_FOUND,
+            RuntimeError::AlreadyExists { .. } => Code::ALREADY_EXISTS,
+            RuntimeError::InvalidArgument { .. } | RuntimeError::Options(_) => Code::INVALID_ARGUMENT,
+            RuntimeError::State(_) | RuntimeError::Precondition(_) => Code::FAILED_PRECONDITION,
+            RuntimeError::Unimplemented(_) => Code::UNIMPLEMENTED,
+            RuntimeError::Oci(o) => match o {
+                OciError::ProcessFinished | OciError::ContainerNotFound => Code::NOT_FOUND,
+                OciError::BinaryNotFound { .. } | OciError::Failed { .. } | OciError::Spawn { .. } => Code::UNKNOWN,
+                OciError::Io { .. } => Code::INTERNAL,
+            },
+            RuntimeError::Io(IoError::Unsupported { .. }) => Code::INVALID_ARGUMENT,
+            RuntimeError::Io(IoError::TerminalUnsupported) => Code::UNIMPLEMENTED,
+            RuntimeError::Io(IoError::Open { .. }) | RuntimeError::Mount(_) | RuntimeError::Sys { .. } => {
+                Code::INTERNAL
+            }
+        },
+    }
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(e: ShimError) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(code(&e), e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shim_runtime::process::State;
+
+    #[test]
+    fn mapping_table() {
+        let rt = |e| ShimError::Runtime(e);
+        let cases: Vec<(ShimError, Code)> = vec![
+            (rt(RuntimeError::ContainerNotFound { id: "x".into() }), Code::NOT_FOUND),
+            (rt(RuntimeError::ProcessNotFound { exec_id: "e".into() }), Code::NOT_FOUND),
+            (rt(RuntimeError::ProcessFinished), Code::NOT_FOUND),
+            (rt(RuntimeError::AlreadyExists { id: "x".into() }), Code::ALREADY_EXISTS),
+            (rt(RuntimeError::InvalidArgument { field: "id", reason: "r".into() }), Code::INVALID_ARGUMENT),
+            (rt(RuntimeError::State(State::Running.can_delete().unwrap_err())), Code::FAILED_PRECONDITION),
+            (rt(RuntimeError::Precondition("p".into())), Code::FAILED_PRECONDITION),
+            (rt(RuntimeError::Oci(OciError::ProcessFinished)), Code::NOT_FOUND),
+            (rt(RuntimeError::Oci(OciError::BinaryNotFound { binary: "no-runc".into() })), Code::UNKNOWN),
+            (rt(RuntimeError::Io(IoError::TerminalUnsupported)), Code::UNIMPLEMENTED),
+            (ShimError::InvalidArgument { field: "f", reason: "r".into() }, Code::INVALID_ARGUMENT),
+            (ShimError::Unimplemented("pause"), Code::UNIMPLEMENTED),
+        ];
+        for (e, c) in cases {
+            assert_eq!(code(&e), c, "{e}");
+        }
+        let e: ttrpc::Error =
+            ShimError::Runtime(RuntimeError::Oci(OciError::BinaryNotFound { binary: "no-runc".into() })).into();
+        assert!(format!("{e:?}").contains("\\\"no-runc\\\"") || format!("{e:?}").contains("\"no-runc\""));
+    }
+}

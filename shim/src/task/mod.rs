@@ -1,0 +1,218 @@
+//! The ttrpc task service: thin adapters (decode → runtime → encode). Served under both
+//! `containerd.task.v3.Task` and `containerd.task.v2.Task` (identical messages).
+//!
+//! Each handler only decodes, calls the runtime and encodes; errors go through
+//! `crate::status`. Decoders with more than a few lines live in their own files.
+
+mod create;
+mod exec;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim_protos::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ResizePtyRequest, ShutdownRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, WaitRequest, WaitResponse,
+};
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::shim::oci::ProcessDetails;
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::types::task::{ProcessInfo, Status};
+use protobuf::well_known_types::any::Any;
+use protobuf::Message;
+use shim_events::publisher::timestamp;
+use shim_runtime::container::Shared;
+use shim_runtime::options::validate_id;
+use shim_runtime::process::State;
+use tokio::sync::Notify;
+use ttrpc::asynchronous::TtrpcContext;
+
+use crate::status::ShimError;
+
+/// Service names the task service answers to.
+pub const SERVICE_NAMES: [&str; 2] = ["containerd.task.v3.Task", "containerd.task.v2.Task"];
+
+/// The task service state shared by all connections.
+#[derive(Debug)]
+pub struct TaskService {
+    shared: Shared,
+    namespace: String,
+    shutdown: Arc<Notify>,
+}
+
+fn exec_opt(exec_id: &str) -> Option<String> {
+    (!exec_id.is_empty()).then(|| exec_id.to_owned())
+}
+
+fn check_id(id: &str) -> Result<(), ShimError> {
+    validate_id(id).map_err(|reason| ShimError::InvalidArgument { field: "id", reason })
+}
+
+fn check_exec_id(exec_id: &str) -> Result<(), ShimError> {
+    if exec_id.is_empty() {
+        return Ok(());
+    }
+    validate_id(exec_id).map_err(|reason| ShimError::InvalidArgument { field: "exec_id", reason })
+}
+
+fn status_of(state: State) -> Status {
+    match state {
+        State::Created => Status::CREATED,
+        State::Running => Status::RUNNING,
+        State::Paused => Status::PAUSED,
+        State::Stopped | State::Deleted => Status::STOPPED,
+    }
+}
+
+type TtrpcResult<T> = ttrpc::Result<T>;
+
+impl TaskService {
+    /// A service over the shim's shared state; `shutdown` is notified when Shutdown finds no
+    /// container left.
+    pub fn new(shared: Shared, namespace: String, shutdown: Arc<Notify>) -> Self {
+        TaskService { shared, namespace, shutdown }
+    }
+
+    /// The ttrpc service map, under both task API names.
+    pub fn services(self) -> HashMap<String, ttrpc::asynchronous::Service> {
+        let svc: Arc<dyn Task + Send + Sync> = Arc::new(self);
+        let mut out = HashMap::new();
+        for name in SERVICE_NAMES {
+            for (_, service) in containerd_shim_protos::shim_async::create_task(Arc::clone(&svc)) {
+                out.insert(name.to_owned(), service);
+            }
+        }
+        out
+    }
+
+    fn container(&self, id: &str) -> Result<shim_runtime::container::ContainerHandle, ShimError> {
+        check_id(id)?;
+        Ok(self.shared.registry.get(id)?)
+    }
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        check_exec_id(&req.exec_id)?;
+        let s = self.container(&req.id)?.state(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+        let mut r = StateResponse::new();
+        r.id = s.id;
+        r.bundle = s.bundle.display().to_string();
+        r.pid = s.pid;
+        r.status = status_of(s.state).into();
+        r.stdin = s.stdio.stdin;
+        r.stdout = s.stdio.stdout;
+        r.stderr = s.stdio.stderr;
+        r.terminal = s.stdio.terminal;
+        if let Some(exit) = s.exit {
+            r.exit_status = exit.status;
+            r.exited_at = protobuf::MessageField::some(timestamp(exit.at));
+        }
+        Ok(r)
+    }
+
+    async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
+        Ok(create::create(&self.shared, &self.namespace, req).await?)
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        check_exec_id(&req.exec_id)?;
+        let pid = self.container(&req.id)?.start(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+        let mut r = StartResponse::new();
+        r.pid = pid;
+        Ok(r)
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        check_exec_id(&req.exec_id)?;
+        let d = self.container(&req.id)?.delete(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+        let mut r = DeleteResponse::new();
+        r.pid = d.pid;
+        r.exit_status = d.status;
+        r.exited_at = protobuf::MessageField::some(timestamp(d.at));
+        Ok(r)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        let pids = self.container(&req.id)?.pids().await.map_err(ShimError::from)?;
+        let mut r = PidsResponse::new();
+        for (pid, exec_id) in pids {
+            let mut p = ProcessInfo::new();
+            p.pid = pid;
+            if let Some(exec_id) = exec_id {
+                let mut d = ProcessDetails::new();
+                d.exec_id = exec_id;
+                let mut any = Any::new();
+                any.type_url = "containerd.runc.v1.ProcessDetails".into();
+                any.value = d
+                    .write_to_bytes()
+                    .map_err(|e| ShimError::InvalidArgument { field: "pids", reason: e.to_string() })?;
+                p.info = protobuf::MessageField::some(any);
+            }
+            r.processes.push(p);
+        }
+        Ok(r)
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        check_exec_id(&req.exec_id)?;
+        if req.signal == 0 || req.signal > 64 {
+            return Err(ShimError::InvalidArgument { field: "signal", reason: req.signal.to_string() }.into());
+        }
+        self.container(&req.id)?.kill(exec_opt(&req.exec_id), req.signal, req.all).await.map_err(ShimError::from)?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        Ok(exec::exec(self.container(&req.id)?, req).await?)
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        check_exec_id(&req.exec_id)?;
+        // Without a console (terminal mode is not supported yet) a resize is a no-op, as in the
+        // Go shim; the process must still exist.
+        self.container(&req.id)?.state(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        check_exec_id(&req.exec_id)?;
+        self.container(&req.id)?.close_io(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        check_exec_id(&req.exec_id)?;
+        let mut watch = self.container(&req.id)?.wait(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+        let exit = match watch.wait_for(Option::is_some).await {
+            Ok(v) => *v,
+            Err(_) => None,
+        };
+        let exit = exit.ok_or_else(|| ShimError::from(shim_runtime::RuntimeError::Gone { id: req.id.clone() }))?;
+        let mut r = WaitResponse::new();
+        r.exit_status = exit.status;
+        r.exited_at = protobuf::MessageField::some(timestamp(exit.at));
+        Ok(r)
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        let mut r = ConnectResponse::new();
+        r.shim_pid = std::process::id();
+        if let Ok(h) = self.container(&req.id) {
+            if let Ok(s) = h.state(None).await {
+                r.task_pid = s.pid;
+            }
+        }
+        Ok(r)
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        if self.shared.registry.is_empty() {
+            self.shutdown.notify_one();
+        }
+        Ok(Empty::new())
+    }
+}
