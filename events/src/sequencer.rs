@@ -135,9 +135,15 @@ impl Sequencer {
     }
 
     /// A `runc start` of the init is about to run: hold its exit until [`Self::init_started`].
-    pub fn init_starting(&mut self) {
-        if self.init.phase == Phase::Started {
-            self.init.phase = Phase::Starting;
+    /// Refused once the init's exit was released (a `TaskStart` must never follow it).
+    pub fn init_starting(&mut self) -> Result<(), Refusal> {
+        match self.init.phase {
+            Phase::Done => Err(Refusal::InitExited),
+            Phase::Starting => Err(Refusal::AlreadyStarted),
+            Phase::Idle | Phase::Started => {
+                self.init.phase = Phase::Starting;
+                Ok(())
+            }
         }
     }
 
@@ -313,7 +319,7 @@ mod tests {
     fn init_exit_during_start_follows_task_start() {
         let mut s = Sequencer::new("c");
         s.created(create());
-        s.init_starting();
+        s.init_starting().unwrap();
         assert!(s.exited(&ProcessId::Init, exit(1, 0)).is_empty());
         let steps = s.init_started(TaskStart::new());
         assert!(matches!(steps[0], Step::Publish(Event::Start(_))));

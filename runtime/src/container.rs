@@ -370,8 +370,11 @@ impl Actor {
             let _ = reply.send(Err(RuntimeError::Precondition("init process is already starting".into())));
             return;
         }
+        if let Err(r) = self.seq.init_starting() {
+            let _ = reply.send(Err(RuntimeError::Precondition(format!("container {} {r}", self.id))));
+            return;
+        }
         self.init.starting = true;
-        self.seq.init_starting();
         let (runtime, id, bundle, tx) =
             (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone(), self.self_tx.clone());
         self.tasks.spawn(async move {
