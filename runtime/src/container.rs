@@ -405,10 +405,9 @@ impl Actor {
     }
 
     fn add_exec(&mut self, exec_id: String, spec: serde_json::Value, stdio: StdioConfig) -> Result<()> {
+        // As in the Go shim, adding an exec is a state check only; its Start is what the
+        // sequencer refuses once the init's exit was observed (SPEC §4.7 no. 7).
         self.init.state.can_exec()?;
-        if self.seq.init_exit_seen() {
-            return Err(RuntimeError::Precondition(format!("container {} init process is not running", self.id)));
-        }
         if self.execs.contains_key(&exec_id) {
             return Err(RuntimeError::AlreadyExists { id: exec_id });
         }

@@ -160,6 +160,7 @@ pub struct TestEnv {
     pub events: EventServer,
     shims: Mutex<Vec<(u32, PathBuf)>>,
     containers: Mutex<Vec<(String, PathBuf)>>,
+    faults: Option<String>,
 }
 
 impl TestEnv {
@@ -179,7 +180,7 @@ impl TestEnv {
             std::os::unix::fs::symlink("busybox", dir.join("rootfs/bin").join(applet)).unwrap();
         }
         let events = EventServer::start(&dir.join("events.sock")).await;
-        TestEnv { dir, events, shims: Mutex::new(Vec::new()), containers: Mutex::new(Vec::new()) }
+        TestEnv { dir, events, shims: Mutex::new(Vec::new()), containers: Mutex::new(Vec::new()), faults: None }
     }
 
     /// The fake containerd gRPC address (input to the shim socket hash only).
@@ -192,10 +193,26 @@ impl TestEnv {
         self.dir.join("runc")
     }
 
-    /// Runtime options pointing runc at [`Self::runc_root`].
+    /// Makes containers created from now on use `hack/fake-runc`, and sets the faults it
+    /// injects (see that script for the syntax); takes effect at its next invocation.
+    pub fn set_faults(&mut self, faults: &str) {
+        std::fs::create_dir_all(self.runc_root()).unwrap();
+        std::fs::write(self.runc_root().join("fake-runc-faults"), faults).unwrap();
+        self.faults = Some(faults.to_owned());
+    }
+
+    /// Path of `hack/fake-runc`.
+    pub fn fake_runc() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hack/fake-runc")
+    }
+
+    /// Runtime options pointing runc at [`Self::runc_root`] (and at fake-runc with faults).
     pub fn options(&self) -> Any {
         let mut o = Options::new();
         o.root = self.runc_root().display().to_string();
+        if self.faults.is_some() {
+            o.binary_name = Self::fake_runc().display().to_string();
+        }
         let mut any = Any::new();
         any.type_url = "containerd.runc.v1.Options".into();
         any.value = o.write_to_bytes().unwrap();
