@@ -332,9 +332,7 @@ impl Actor {
                 let _ = reply.send(r);
             }
             Msg::Delete { exec_id: None, reply } => self.delete_init(reply),
-            Msg::Delete { exec_id: Some(e), reply } => {
-                let _ = reply.send(self.delete_exec(&e));
-            }
+            Msg::Delete { exec_id: Some(e), reply } => self.delete_exec(&e, reply),
             Msg::Exec { exec_id, spec, stdio, reply } => {
                 let _ = reply.send(self.add_exec(exec_id, spec, stdio));
             }
@@ -521,28 +519,41 @@ impl Actor {
         }
     }
 
-    fn delete_exec(&mut self, exec_id: &str) -> Result<Deleted> {
-        let p = self.execs.get(exec_id).ok_or_else(|| not_found_exec(exec_id))?;
-        p.state.can_delete()?;
-        if p.starting {
-            return Err(RuntimeError::Precondition(format!("exec {exec_id} is starting")));
-        }
-        let Some(mut p) = self.execs.remove(exec_id) else { return Err(not_found_exec(exec_id)) };
+    /// Deletes an exec. The reply waits (bounded) until its output has drained into the fifos:
+    /// clients such as `ctr` close their fifo readers as soon as Delete returns (SPEC §5.1).
+    fn delete_exec(&mut self, exec_id: &str, reply: Reply<Deleted>) {
+        let checked = (|| {
+            let p = self.execs.get(exec_id).ok_or_else(|| not_found_exec(exec_id))?;
+            p.state.can_delete()?;
+            if p.starting {
+                return Err(RuntimeError::Precondition(format!("exec {exec_id} is starting")));
+            }
+            self.execs.remove(exec_id).ok_or_else(|| not_found_exec(exec_id))
+        })();
+        let mut p = match checked {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         self.seq.exec_removed(exec_id);
         if p.pid != 0 {
             self.shared.reaper.forget_pid(p.pid);
         }
         let _ = std::fs::remove_file(self.bundle.join(format!("{exec_id}.pid")));
-        if let Some(mut io) = p.io.take() {
-            let exec_id = exec_id.to_owned();
-            self.tasks.spawn(async move {
+        let exit = p.exit.unwrap_or(ExitInfo { pid: p.pid, status: 0, at: SystemTime::UNIX_EPOCH });
+        let deleted = Deleted { pid: p.pid, status: exit.status, at: exit.at };
+        let io = p.io.take();
+        let exec_id = exec_id.to_owned();
+        self.tasks.spawn(async move {
+            if let Some(mut io) = io {
                 if !io.drain(IO_DRAIN_TIMEOUT).await {
                     tracing::warn!(exec_id = %exec_id, "failed to drain exec process io");
                 }
-            });
-        }
-        let exit = p.exit.unwrap_or(ExitInfo { pid: p.pid, status: 0, at: SystemTime::UNIX_EPOCH });
-        Ok(Deleted { pid: p.pid, status: exit.status, at: exit.at })
+            }
+            let _ = reply.send(Ok(deleted));
+        });
     }
 
     fn delete_init(&mut self, reply: Reply<Deleted>) {
@@ -623,7 +634,7 @@ async fn run_exec(
     stdio: &StdioConfig,
     (uid, gid): (u32, u32),
 ) -> Result<(u32, ProcessIo)> {
-    let (io, rt_stdio) = ProcessIo::setup(stdio, uid, gid)?;
+    let (io, rt_stdio) = ProcessIo::setup(stdio, uid, gid).await?;
     let process_file = bundle.join(format!(".{exec_id}.process.json"));
     let pid_file = bundle.join(format!("{exec_id}.pid"));
     let bytes =

@@ -98,7 +98,7 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
     }
 
     let result = async {
-        let (io, rt_stdio) = ProcessIo::setup(&params.stdio, opts.io_uid, opts.io_gid)?;
+        let (io, rt_stdio) = ProcessIo::setup(&params.stdio, opts.io_uid, opts.io_gid).await?;
         let pid_file = bundle.join("init.pid");
         let create_opts =
             CreateOpts { no_pivot: opts.no_pivot_root, no_new_keyring: opts.no_new_keyring, console_socket: None };

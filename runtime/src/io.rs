@@ -3,9 +3,10 @@
 //! Non-terminal mode (SPEC §5.1): for each requested stream the shim makes a pipe; the
 //! container-side end becomes the runtime's (and so the process's) stdio and the shim copies
 //! between its end and the fifo, one task per stream.
-//! - stdout/stderr fifos are opened read-write and non-blocking: the open never blocks on a
-//!   client that has not opened its side yet, and the shim's own read handle keeps writes from
-//!   failing with EPIPE while containerd restarts (what the Go shim's extra `O_RDONLY` open does).
+//! - stdout/stderr fifos are opened write-only, non-blocking, retried until the client's reader
+//!   is there (bounded by [`FIFO_OPEN_TIMEOUT`]): data written before the client opened its end
+//!   would be discarded by the kernel when the last fd closes. Then the shim also holds a read
+//!   handle, so writes never fail with EPIPE while containerd restarts (as the Go shim does).
 //! - the stdin fifo is opened for reading, plus a keep-alive write handle so the reader sees EOF
 //!   only after `CloseIO` *and* the client closing its writer (SPEC §5.1). At EOF the pipe to the
 //!   process is closed and the process sees EOF.
@@ -27,6 +28,9 @@ use crate::oci::RuntimeStdio;
 
 /// Copy buffer size, one per stream.
 const COPY_BUFFER: usize = 32 * 1024;
+/// How long Create/Exec wait for the client to open its end of an output fifo (Go: 30 s); past
+/// it the request fails instead of hanging.
+pub const FIFO_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors setting up stdio.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +124,7 @@ where
 impl ProcessIo {
     /// Opens the fifos, makes the pipes and starts the copies. Returns the shim side and the
     /// container side (to hand to the runtime). `uid`/`gid` own the container-side ends.
-    pub fn setup(cfg: &StdioConfig, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
+    pub async fn setup(cfg: &StdioConfig, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
         if cfg.terminal {
             return Err(IoError::TerminalUnsupported);
         }
@@ -132,7 +136,7 @@ impl ProcessIo {
 
         for (stream, path) in [("stdout", stdout), ("stderr", stderr)] {
             let Some(path) = path else { continue };
-            let fifo = open_output(&path)?;
+            let (fifo, keep_reader) = open_output(&path).await?;
             let (r, w) = make_pipe(&path)?;
             chown_fd(&w, uid, gid, &path)?;
             let rx = pipe::Receiver::from_owned_fd(r).map_err(|e| IoError::Open {
@@ -140,7 +144,10 @@ impl ProcessIo {
                 path: path.clone(),
                 source: e,
             })?;
-            io.outputs.push(tokio::spawn(copy(rx, fifo, stream)));
+            io.outputs.push(tokio::spawn(async move {
+                copy(rx, fifo, stream).await;
+                drop(keep_reader);
+            }));
             if stream == "stdout" {
                 rt.stdout = Some(w);
             } else {
@@ -208,11 +215,30 @@ impl Drop for ProcessIo {
 
 use std::os::unix::fs::OpenOptionsExt;
 
-fn open_output(path: &str) -> Result<pipe::Sender, IoError> {
+async fn open_output(path: &str) -> Result<(pipe::Sender, std::fs::File), IoError> {
     let open = |e: io::Error| IoError::Open { what: "open output fifo", path: path.to_owned(), source: e };
     let meta = std::fs::metadata(Path::new(path)).map_err(open)?;
     if !meta.file_type().is_fifo() {
         return Err(IoError::Unsupported { stream: "output", uri: path.to_owned() });
     }
-    pipe::OpenOptions::new().read_write(true).open_sender(path).map_err(open)
+    let deadline = tokio::time::Instant::now() + FIFO_OPEN_TIMEOUT;
+    let mut backoff = Duration::from_millis(1);
+    let sender = loop {
+        match pipe::OpenOptions::new().open_sender(path) {
+            Ok(s) => break s,
+            // ENXIO: no reader yet. Wait for the client rather than write into a fifo nobody
+            // holds open.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(open(e)),
+        }
+    };
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(open)?;
+    Ok((sender, reader))
 }
