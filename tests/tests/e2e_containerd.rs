@@ -1,0 +1,215 @@
+//! End to end through a private, real containerd (Debian's package) with `ctr`, using the built
+//! shim as `containerd-shim-runc-v2` (hack/containerd-up.sh puts its directory first in PATH).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use shim_tests::shim_binary;
+
+const IMAGE: &str = "docker.io/library/shimtest:latest";
+const NS: &str = "e2e";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A private containerd; stopped and cleaned up (hack/containerd-down.sh) on drop.
+struct Containerd {
+    tmp: PathBuf,
+    dir: PathBuf,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let tmp = PathBuf::from(format!("/tmp/e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        let c = Containerd { dir: tmp.join("c"), tmp };
+        let shim_dir = shim_binary().parent().unwrap().to_path_buf();
+        run_ok(&mut Command::new(repo().join("hack/mkimage.sh")).arg(c.tmp.join("image.tar")));
+        let mut up = Command::new(repo().join("hack/containerd-up.sh"));
+        up.arg(&c.dir);
+        // E2E_GO_SHIM=1 runs the same test against the system (Go) shim, for comparison.
+        if std::env::var("E2E_GO_SHIM").is_err() {
+            up.arg(&shim_dir);
+        }
+        run_ok(&mut up);
+        run_ok(&mut c.ctr(&["images", "import", c.tmp.join("image.tar").to_str().unwrap()]));
+        c
+    }
+
+    fn socket(&self) -> String {
+        self.dir.join("containerd.sock").display().to_string()
+    }
+
+    /// `ctr` against this containerd in namespace NS, bounded by `timeout`.
+    fn ctr(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "5", "120", "ctr", "-a", &self.socket(), "-n", NS]).args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    fn run_args<'a>(&'a self, runc_root: &'a str, fifo: &'a str) -> Vec<&'a str> {
+        vec!["run", "--runc-root", runc_root, "--fifo-dir", fifo]
+    }
+
+    fn tasks(&self) -> String {
+        String::from_utf8(run_ok(&mut self.ctr(&["tasks", "ls"])).stdout).unwrap()
+    }
+
+    fn wait_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.tasks().lines().any(|l| l.starts_with(id) && l.contains(status)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{id} never reached {status}: {}", self.tasks());
+    }
+
+    /// Pids of shim processes serving this containerd.
+    fn shims(&self) -> Vec<u32> {
+        let needle = format!("-address\0{}\0", self.socket());
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let out = Command::new(repo().join("hack/containerd-down.sh")).arg(&self.dir).output();
+        if let Ok(o) = out {
+            if !o.status.success() {
+                eprintln!("containerd-down failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&d))
+        .collect()
+}
+
+#[test]
+fn ctr_run_exit_codes_kill_exec_storm_and_cleanup() {
+    let c = Containerd::start();
+    let runc_root = c.dir.join("runc").display().to_string();
+    let fifo = c.dir.join("fifo").display().to_string();
+
+    // 1. `ctr run --rm` of `sh -c 'echo hi; exit 3'` prints hi and exits 3.
+    let mut args = c.run_args(&runc_root, &fifo);
+    args.extend(["--rm", IMAGE, "t-exit", "sh", "-c", "echo hi; exit 3"]);
+    let out = c.ctr(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+
+    // 2. A container killed with SIGKILL reports 137.
+    let mut args = c.run_args(&runc_root, &fifo);
+    args.extend(["--rm", IMAGE, "t-kill", "sleep", "1000"]);
+    let mut child = c.ctr(&args).stdout(Stdio::null()).spawn().unwrap();
+    c.wait_status("t-kill", "RUNNING");
+    // The task is served by our binary.
+    let shims = c.shims();
+    assert_eq!(shims.len(), 1, "one shim for one container: {shims:?}");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", shims[0])).unwrap();
+    if std::env::var("E2E_GO_SHIM").is_err() {
+        assert_eq!(exe, shim_binary().canonicalize().unwrap(), "containerd must run our shim");
+    }
+    run_ok(&mut c.ctr(&["tasks", "kill", "-s", "SIGKILL", "t-kill"]));
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+
+    // 3. A concurrent exec storm through containerd: 100 `ctr tasks exec`, each its own status.
+    let mut args = c.run_args(&runc_root, &fifo);
+    args.extend(["-d", IMAGE, "t-storm", "sleep", "1000"]);
+    run_ok(&mut c.ctr(&args));
+    c.wait_status("t-storm", "RUNNING");
+    let n: usize = std::env::var("E2E_EXECS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let started = Instant::now();
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            let code = format!("echo out-{i}; exit {}", i % 7);
+            let exec_id = format!("e{i}");
+            let child = c
+                .ctr(&["tasks", "exec", "--fifo-dir", &fifo, "--exec-id", &exec_id, "t-storm", "sh", "-c", &code])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (i, child)
+        })
+        .collect();
+    // Exit codes must all be right. Output must be exactly the exec's own or, rarely, empty:
+    // containerd 1.6's `ctr` (its cio fifo reader) loses the output of about 1 in 200 concurrent
+    // execs, with Debian's Go shim as well (measured: E2E_GO_SHIM=1 E2E_EXECS=40 loses one in 2
+    // of 4 runs). Exact output is asserted at the ttrpc level (tests/tests/exec.rs), where the
+    // test is the client.
+    let mut failures = Vec::new();
+    let mut empty = 0;
+    for (i, child) in children {
+        let out = child.wait_with_output().unwrap();
+        let expect = i32::try_from(i % 7).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if stdout.is_empty() {
+            empty += 1;
+        }
+        if out.status.code() != Some(expect) || !(stdout.is_empty() || stdout == format!("out-{i}\n")) {
+            failures.push(format!("e{i}: {:?} {stdout:?} {}", out.status, String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    eprintln!("{n} concurrent ctr execs in {:?}; {empty} lost their output in ctr", started.elapsed());
+    assert!(failures.is_empty(), "{} of {n} execs failed: {failures:#?}", failures.len());
+    run_ok(&mut c.ctr(&["tasks", "kill", "-s", "SIGKILL", "t-storm"]));
+    c.wait_status("t-storm", "STOPPED");
+    run_ok(&mut c.ctr(&["tasks", "delete", "t-storm"]));
+    run_ok(&mut c.ctr(&["containers", "delete", "t-storm"]));
+
+    // 4. Nothing left behind: no shim, no runc state, no rootfs mount, no shim socket.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.shims().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.shims().is_empty(), "shims left: {:?}", c.shims());
+    let runc_ns = c.dir.join("runc").join(NS);
+    let left: Vec<_> =
+        std::fs::read_dir(&runc_ns).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "runc state left: {left:?}");
+    assert!(mounts_under(&c.dir).is_empty(), "mounts left: {:?}", mounts_under(&c.dir));
+    for id in ["t-exit", "t-kill", "t-storm"] {
+        let joined = format!("{}/{NS}/{id}", c.socket());
+        let out = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        use std::io::Write;
+        let mut out = out;
+        out.stdin.take().unwrap().write_all(joined.as_bytes()).unwrap();
+        let hash = String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap();
+        let sock = Path::new("/run/containerd/s").join(hash.split_whitespace().next().unwrap());
+        assert!(!sock.exists(), "shim socket left for {id}");
+    }
+}
