@@ -28,7 +28,7 @@ impl Containerd {
         std::fs::create_dir_all(&tmp).unwrap();
         let c = Containerd { dir: tmp.join("c"), tmp };
         let shim_dir = shim_binary().parent().unwrap().to_path_buf();
-        run_ok(&mut Command::new(repo().join("hack/mkimage.sh")).arg(c.tmp.join("image.tar")));
+        run_ok(Command::new(repo().join("hack/mkimage.sh")).arg(c.tmp.join("image.tar")));
         let mut up = Command::new(repo().join("hack/containerd-up.sh"));
         up.arg(&c.dir);
         // E2E_GO_SHIM=1 runs the same test against the system (Go) shim, for comparison.
