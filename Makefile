@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps build release lint test unit integration demo clean
+.PHONY: help deps build release lint test test-loom demo clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,8 +20,11 @@ lint: ## clippy with warnings as errors, rustfmt check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) fmt --all -- --check
 
-test: deps build lint ## everything CI runs: unit, integration (real runc) and end-to-end (real containerd) tests
+test: deps build lint test-loom ## everything CI runs: unit, property, loom, integration (real runc) and end-to-end (real containerd) tests
 	target/debug/reap-run $(CARGO) test --workspace -- --test-threads=4
+
+test-loom: ## model-check the reaper's subscribe/route/claim protocol with loom
+	CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg shim_loom" $(CARGO) test -p shim-runtime --test loom_reaper --release
 
 demo: deps release ## build, start a private containerd with this shim, run containers and an exec storm
 	$(CARGO) build -p shim-tests --bin reap-run

@@ -24,6 +24,7 @@ pub mod options;
 pub mod process;
 pub mod reaper;
 pub mod registry;
+mod sync;
 pub mod sys;
 
 pub use error::{Result, RuntimeError};

@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::process::Command;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use nix::errno::Errno;
@@ -27,6 +26,8 @@ use nix::unistd::Pid;
 use shim_events::{ExitInfo, ProcessId};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::sync::{Arc, Mutex, MutexGuard};
 
 /// An exit routed to a container actor.
 #[derive(Debug, Clone)]
@@ -49,9 +50,15 @@ struct Router {
 }
 
 /// Handle to the reaper's routing table. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Reaper {
     router: Arc<Mutex<Router>>,
+}
+
+impl Default for Reaper {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Converts a `waitpid` status to the shim's exit status: the code, or 128 + signal.
@@ -67,7 +74,7 @@ impl Reaper {
     /// A reaper with an empty routing table. Call [`Reaper::run`] once, on the runtime that
     /// spawns children, before the first spawn.
     pub fn new() -> Self {
-        Self::default()
+        Reaper { router: Arc::new(Mutex::new(Router::default())) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Router> {
@@ -110,7 +117,8 @@ impl Reaper {
         }
     }
 
-    fn route(&self, pid: i32, status: u32) {
+    /// Routes one reaped exit (called by the reap loop; public for the loom model).
+    pub fn route(&self, pid: i32, status: u32) {
         let exit = ExitInfo { pid: u32::try_from(pid).unwrap_or(0), status, at: SystemTime::now() };
         let mut r = self.lock();
         if let Some(tx) = r.helpers.remove(&pid) {
