@@ -20,8 +20,10 @@ lint: ## clippy with warnings as errors, rustfmt check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) fmt --all -- --check
 
-test: deps build lint test-loom ## everything CI runs: unit, property, loom, integration (real runc) and end-to-end (real containerd) tests
-	target/debug/reap-run $(CARGO) test --workspace -- --test-threads=4
+test: deps build lint ## everything CI runs: unit, property, loom, integration (real runc) and end-to-end (real containerd) tests
+	set -o pipefail; $(MAKE) -s test-loom 2>&1 | tee target/test.log
+	set -o pipefail; target/debug/reap-run $(CARGO) test --workspace -- --test-threads=4 2>&1 | tee -a target/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
 test-loom: ## model-check the reaper's subscribe/route/claim protocol with loom
 	CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg shim_loom" $(CARGO) test -p shim-runtime --test loom_reaper --release
