@@ -73,6 +73,7 @@ enum Msg {
     Exec { exec_id: String, spec: serde_json::Value, stdio: StdioConfig, reply: Reply<()> },
     Pids { reply: Reply<Vec<(u32, Option<String>)>> },
     CloseIo { exec_id: Option<String>, reply: Reply<()> },
+    Resize { exec_id: Option<String>, width: u32, height: u32, reply: Reply<()> },
     // Completions of the actor's own child tasks.
     InitStarted { result: Result<()>, reply: Reply<u32> },
     ExecStarted { exec_id: String, result: Result<(u32, ProcessIo, Subscription)>, reply: Reply<u32> },
@@ -131,6 +132,11 @@ impl ContainerHandle {
     /// Closes the shim's write handle on a process's stdin.
     pub async fn close_io(&self, exec_id: Option<String>) -> Result<()> {
         self.call(|reply| Msg::CloseIo { exec_id, reply }).await
+    }
+
+    /// Resizes a process's terminal (a no-op without one).
+    pub async fn resize(&self, exec_id: Option<String>, width: u32, height: u32) -> Result<()> {
+        self.call(|reply| Msg::Resize { exec_id, width, height, reply }).await
     }
 }
 
@@ -292,6 +298,9 @@ impl Actor {
         };
         proc.state = proc.state.exited();
         proc.exit = Some(exit);
+        if let Some(io) = &proc.io {
+            io.process_exited();
+        }
         let mut ev = TaskExit::new();
         ev.container_id = self.id.clone();
         ev.id = id;
@@ -341,6 +350,21 @@ impl Actor {
                 let r = self.proc_mut(exec_id.as_deref()).map(|p| {
                     if let Some(io) = p.io.as_mut() {
                         io.close_stdin();
+                    }
+                });
+                let _ = reply.send(r);
+            }
+            Msg::Resize { exec_id, width, height, reply } => {
+                let is_exec = exec_id.is_some();
+                let r = self.proc_mut(exec_id.as_deref()).and_then(|p| {
+                    if is_exec && p.state == State::Stopped {
+                        return Err(RuntimeError::Precondition("cannot resize a stopped container".into()));
+                    }
+                    match p.io.as_ref() {
+                        Some(io) => io
+                            .resize(width, height)
+                            .map_err(|e| RuntimeError::Sys { what: "resize console".into(), source: e }),
+                        None => Ok(()),
                     }
                 });
                 let _ = reply.send(r);
@@ -634,16 +658,17 @@ async fn run_exec(
     stdio: &StdioConfig,
     (uid, gid): (u32, u32),
 ) -> Result<(u32, ProcessIo)> {
-    let (io, rt_stdio) = ProcessIo::setup(stdio, uid, gid).await?;
+    let (prepared, rt_stdio) = ProcessIo::prepare(stdio, uid, gid).await?;
     let process_file = bundle.join(format!(".{exec_id}.process.json"));
     let pid_file = bundle.join(format!("{exec_id}.pid"));
     let bytes =
         serde_json::to_vec(spec).map_err(|e| RuntimeError::InvalidArgument { field: "spec", reason: e.to_string() })?;
     std::fs::write(&process_file, bytes)
         .map_err(|e| RuntimeError::Sys { what: format!("write {}", process_file.display()), source: e })?;
-    let r = runtime.exec(id, bundle, &process_file, &pid_file, None, rt_stdio).await;
+    let r = runtime.exec(id, bundle, &process_file, &pid_file, prepared.console_socket(), rt_stdio).await;
     let _ = std::fs::remove_file(&process_file);
     r?;
+    let io = prepared.finish(stdio).await?;
     let pid = read_pid_file(&pid_file)?;
     Ok((pid, io))
 }

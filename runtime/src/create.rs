@@ -98,10 +98,13 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
     }
 
     let result = async {
-        let (io, rt_stdio) = ProcessIo::setup(&params.stdio, opts.io_uid, opts.io_gid).await?;
+        let (prepared, rt_stdio) = ProcessIo::prepare(&params.stdio, opts.io_uid, opts.io_gid).await?;
         let pid_file = bundle.join("init.pid");
-        let create_opts =
-            CreateOpts { no_pivot: opts.no_pivot_root, no_new_keyring: opts.no_new_keyring, console_socket: None };
+        let create_opts = CreateOpts {
+            no_pivot: opts.no_pivot_root,
+            no_new_keyring: opts.no_new_keyring,
+            console_socket: prepared.console_socket().map(Path::to_path_buf),
+        };
         // Subscribe before the runtime can start the init, so an exit before we know its pid
         // is matched afterwards (SPEC §4.7 no. 3).
         let subscription = shared.reaper.subscribe();
@@ -109,6 +112,7 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
         // Whatever happened, the runtime may hold state for the id from here on.
         rollback.runtime = Some((&runtime, &params.id, bundle.join("log.json")));
         created?;
+        let io = prepared.finish(&params.stdio).await?;
         let pid = read_pid_file(&pid_file)?;
         Ok::<_, RuntimeError>((pid, io, subscription))
     }

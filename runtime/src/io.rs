@@ -11,8 +11,9 @@
 //!   only after `CloseIO` *and* the client closing its writer (SPEC §5.1). At EOF the pipe to the
 //!   process is closed and the process sees EOF.
 //!
-//! Terminals, `binary://` and `file://` loggers are not supported yet (the IO issue); asking for
-//! them is an error, not a silent fallback.
+//! Terminal mode (SPEC §5.2) goes through [`crate::console`]: a console socket for the runtime,
+//! then copies between the pty master and the fifos. `binary://` and `file://` loggers are not
+//! supported yet; asking for them is an error, not a silent fallback.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,8 +23,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::console::{self, ConsoleSocket, Pty};
 use crate::oci::RuntimeStdio;
 
 /// Copy buffer size, one per stream.
@@ -43,9 +46,9 @@ pub enum IoError {
         /// The URI as given.
         uri: String,
     },
-    /// Terminal mode is not implemented yet.
-    #[error("terminal mode is not supported yet")]
-    TerminalUnsupported,
+    /// The console socket could not be made, or the runtime sent no pty master.
+    #[error("console: {0}")]
+    Console(#[source] io::Error),
     /// Opening a fifo or making a pipe failed.
     #[error("{what} {path}: {source}")]
     Open {
@@ -78,6 +81,38 @@ pub struct ProcessIo {
     stdin_keepalive: Option<std::fs::File>,
     input: Option<JoinHandle<()>>,
     outputs: Vec<JoinHandle<()>>,
+    console: Option<Pty>,
+    exited: Option<watch::Sender<bool>>,
+}
+
+/// Stdio set up before the runtime runs; [`Prepared::finish`] completes it afterwards.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Pipes and copies are ready.
+    Pipes(ProcessIo),
+    /// A console socket the runtime will send the pty master to.
+    Console(ConsoleSocket),
+}
+
+impl Prepared {
+    /// The console socket path for the runtime, in terminal mode.
+    pub fn console_socket(&self) -> Option<&Path> {
+        match self {
+            Prepared::Pipes(_) => None,
+            Prepared::Console(c) => Some(c.path()),
+        }
+    }
+
+    /// After the runtime returned: in terminal mode, receive the master and start the copies.
+    pub async fn finish(self, cfg: &StdioConfig) -> Result<ProcessIo, IoError> {
+        match self {
+            Prepared::Pipes(io) => Ok(io),
+            Prepared::Console(socket) => {
+                let pty = socket.receive().await.map_err(IoError::Console)?;
+                ProcessIo::terminal(cfg, pty).await
+            }
+        }
+    }
 }
 
 fn fifo_path(stream: &'static str, uri: &str) -> Result<Option<String>, IoError> {
@@ -122,12 +157,55 @@ where
 }
 
 impl ProcessIo {
-    /// Opens the fifos, makes the pipes and starts the copies. Returns the shim side and the
-    /// container side (to hand to the runtime). `uid`/`gid` own the container-side ends.
-    pub async fn setup(cfg: &StdioConfig, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
+    /// Before the runtime runs: in pipe mode, open the fifos, make the pipes and start the
+    /// copies; in terminal mode, make the console socket. Returns the container side of the
+    /// stdio for the runtime. `uid`/`gid` own the container-side pipe ends.
+    pub async fn prepare(cfg: &StdioConfig, uid: u32, gid: u32) -> Result<(Prepared, RuntimeStdio), IoError> {
         if cfg.terminal {
-            return Err(IoError::TerminalUnsupported);
+            let socket = ConsoleSocket::new().map_err(IoError::Console)?;
+            return Ok((Prepared::Console(socket), RuntimeStdio::default()));
         }
+        let (io, rt) = Self::pipes(cfg, uid, gid).await?;
+        Ok((Prepared::Pipes(io), rt))
+    }
+
+    async fn terminal(cfg: &StdioConfig, pty: Pty) -> Result<ProcessIo, IoError> {
+        let mut io = ProcessIo::default();
+        let (exited_tx, exited_rx) = watch::channel(false);
+        if let Some(path) = fifo_path("stdout", &cfg.stdout)? {
+            let (fifo, keep_reader) = open_output(&path).await?;
+            let pty = Arc::clone(&pty);
+            io.outputs.push(tokio::spawn(async move {
+                console::output(pty, fifo, exited_rx).await;
+                drop(keep_reader);
+            }));
+        }
+        if let Some(path) = fifo_path("stdin", &cfg.stdin)? {
+            let (fifo, keepalive) = open_input(&path)?;
+            io.input = Some(tokio::spawn(console::input(fifo, Arc::clone(&pty))));
+            io.stdin_keepalive = Some(keepalive);
+        }
+        io.console = Some(pty);
+        io.exited = Some(exited_tx);
+        Ok(io)
+    }
+
+    /// Sets the terminal's window size; a no-op without a terminal (as in the Go shim).
+    pub fn resize(&self, width: u32, height: u32) -> io::Result<()> {
+        match &self.console {
+            Some(pty) => console::resize(pty, width, height),
+            None => Ok(()),
+        }
+    }
+
+    /// The process exited: a terminal's output is drained of what is buffered and then ends.
+    pub fn process_exited(&self) {
+        if let Some(tx) = &self.exited {
+            tx.send_replace(true);
+        }
+    }
+
+    async fn pipes(cfg: &StdioConfig, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
         let stdin = fifo_path("stdin", &cfg.stdin)?;
         let stdout = fifo_path("stdout", &cfg.stdout)?;
         let stderr = fifo_path("stderr", &cfg.stderr)?;
@@ -156,12 +234,7 @@ impl ProcessIo {
         }
         if let Some(path) = stdin {
             let open = |e: io::Error| IoError::Open { what: "open stdin fifo", path: path.clone(), source: e };
-            let fifo = pipe::OpenOptions::new().open_receiver(&path).map_err(open)?;
-            let keepalive = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(open)?;
+            let (fifo, keepalive) = open_input(&path)?;
             let (r, w) = make_pipe(&path)?;
             chown_fd(&r, uid, gid, &path)?;
             let tx = pipe::Sender::from_owned_fd(w).map_err(open)?;
@@ -198,6 +271,8 @@ impl ProcessIo {
 
     fn shutdown(&mut self) {
         self.stdin_keepalive = None;
+        self.console = None;
+        self.exited = None;
         if let Some(h) = self.input.take() {
             h.abort();
         }
@@ -214,6 +289,19 @@ impl Drop for ProcessIo {
 }
 
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+
+/// Opens a stdin fifo for reading, plus the shim's keep-alive write handle (closed by CloseIO).
+fn open_input(path: &str) -> Result<(pipe::Receiver, std::fs::File), IoError> {
+    let open = |e: io::Error| IoError::Open { what: "open stdin fifo", path: path.to_owned(), source: e };
+    let fifo = pipe::OpenOptions::new().open_receiver(path).map_err(open)?;
+    let keepalive = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(open)?;
+    Ok((fifo, keepalive))
+}
 
 async fn open_output(path: &str) -> Result<(pipe::Sender, std::fs::File), IoError> {
     let open = |e: io::Error| IoError::Open { what: "open output fifo", path: path.to_owned(), source: e };

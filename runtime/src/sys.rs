@@ -68,3 +68,47 @@ pub fn pass_fd(cmd: &mut Command, fd: OwnedFd, target: RawFd) {
         });
     }
 }
+
+/// Receives one fd sent with `SCM_RIGHTS` on `sock` (runc's `--console-socket` protocol: one
+/// message carrying the pty master and its name). Extra fds in the message are closed.
+pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut name = [0u8; 4096];
+    let mut iov = [io::IoSliceMut::new(&mut name)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut received: Vec<OwnedFd> = Vec::new();
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for this message;
+                // nothing else refers to it, so this is its single owner.
+                received.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    let mut fds = received.into_iter();
+    fds.next().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "console socket message carried no fd"))
+}
+
+/// Sets a terminal's window size (`TIOCSWINSZ`).
+pub fn set_winsize(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: `fd` is a live borrowed descriptor; TIOCSWINSZ reads one `winsize` from the valid
+    // pointer we pass and writes nothing back.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Registers an owned fd (a pty master) with the tokio reactor.
+pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `OwnedFd` is a valid open descriptor that the `AsyncFd` now owns; it stays open
+    // and `as_raw_fd` returns the same number until the `AsyncFd` is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))
+}

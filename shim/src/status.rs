@@ -44,10 +44,9 @@ pub fn code(e: &ShimError) -> Code {
                 OciError::Io { .. } => Code::INTERNAL,
             },
             RuntimeError::Io(IoError::Unsupported { .. }) => Code::INVALID_ARGUMENT,
-            RuntimeError::Io(IoError::TerminalUnsupported) => Code::UNIMPLEMENTED,
-            RuntimeError::Io(IoError::Open { .. }) | RuntimeError::Mount(_) | RuntimeError::Sys { .. } => {
-                Code::INTERNAL
-            }
+            RuntimeError::Io(IoError::Open { .. } | IoError::Console(_))
+            | RuntimeError::Mount(_)
+            | RuntimeError::Sys { .. } => Code::INTERNAL,
         },
     }
 }
@@ -76,7 +75,7 @@ mod tests {
             (rt(RuntimeError::Precondition("p".into())), Code::FAILED_PRECONDITION),
             (rt(RuntimeError::Oci(OciError::ProcessFinished)), Code::NOT_FOUND),
             (rt(RuntimeError::Oci(OciError::BinaryNotFound { binary: "no-runc".into() })), Code::UNKNOWN),
-            (rt(RuntimeError::Io(IoError::TerminalUnsupported)), Code::UNIMPLEMENTED),
+            (rt(RuntimeError::Io(IoError::Console(std::io::ErrorKind::TimedOut.into()))), Code::INTERNAL),
             (ShimError::InvalidArgument { field: "f", reason: "r".into() }, Code::INVALID_ARGUMENT),
             (ShimError::Unimplemented("pause"), Code::UNIMPLEMENTED),
         ];

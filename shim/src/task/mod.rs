@@ -172,9 +172,10 @@ impl Task for TaskService {
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
         check_exec_id(&req.exec_id)?;
-        // Without a console (terminal mode is not supported yet) a resize is a no-op, as in the
-        // Go shim; the process must still exist.
-        self.container(&req.id)?.state(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+        self.container(&req.id)?
+            .resize(exec_opt(&req.exec_id), req.width, req.height)
+            .await
+            .map_err(ShimError::from)?;
         Ok(Empty::new())
     }
 

@@ -1,0 +1,150 @@
+//! Terminal mode through the built binary with real runc (issue 5; SPEC §4.7 nos. 16, 17).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use containerd_shim_protos::api;
+use protobuf::well_known_types::any::Any;
+use shim_tests::*;
+use tokio::io::AsyncWriteExt;
+
+fn start(id: &str, e: &str) -> api::StartRequest {
+    let mut m = api::StartRequest::new();
+    m.id = id.into();
+    m.exec_id = e.into();
+    m
+}
+fn wait(id: &str, e: &str) -> api::WaitRequest {
+    let mut m = api::WaitRequest::new();
+    m.id = id.into();
+    m.exec_id = e.into();
+    m
+}
+fn delete(id: &str, e: &str) -> api::DeleteRequest {
+    let mut m = api::DeleteRequest::new();
+    m.id = id.into();
+    m.exec_id = e.into();
+    m
+}
+fn resize(id: &str, e: &str, width: u32, height: u32) -> api::ResizePtyRequest {
+    let mut m = api::ResizePtyRequest::new();
+    m.id = id.into();
+    m.exec_id = e.into();
+    m.width = width;
+    m.height = height;
+    m
+}
+
+/// Fds of `pid` that point at a pty (`/dev/ptmx` or `/dev/pts/*`).
+fn pty_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("/dev/pts") || l.to_string_lossy() == "/dev/ptmx")
+        .count()
+}
+
+/// Fds of `pid` other than sockets (the events connection opens lazily on the first event).
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| !l.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_init_resize_input_and_exit_code() {
+    let env = TestEnv::new().await;
+    let id = "tty-init";
+    let bundle = env.bundle(id, &["sh"], &[]);
+    // As containerd does for `-t`: the spec asks for a terminal too.
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    spec["process"]["terminal"] = serde_json::Value::Bool(true);
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let shim = env.start_shim(id, &bundle).await;
+    let baseline = fd_count(shim.pid);
+    let out = env.fifo("tty-out");
+    let input = env.fifo("tty-in");
+    let reader = read_fifo(&out);
+    let mut req = env.create_request(id, &bundle);
+    req.terminal = true;
+    req.stdout = out.display().to_string();
+    req.stdin = input.display().to_string();
+    shim.client.create(ctx(), &req).await.unwrap();
+    // Resize works before Start (TestTaskResize).
+    shim.client.resize_pty(ctx(), &resize(id, "", 77, 21)).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+    let mut writer = tokio::net::unix::pipe::OpenOptions::new().open_sender(&input).unwrap();
+    writer.write_all(b"stty size; echo typed-$((40+2)); exit 5\n").await.unwrap();
+    drop(writer);
+    assert_eq!(shim.client.wait(ctx(), &wait(id, "")).await.unwrap().exit_status, 5);
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let text = String::from_utf8_lossy(&reader.await.unwrap()).into_owned();
+    assert!(text.contains("21 77"), "stty size after resize: {text:?}");
+    assert!(text.contains("typed-42"), "typed input echoed and run: {text:?}");
+    // No pty master or /dev/ptmx kept after Delete, fds back to the baseline.
+    assert_eq!(pty_fds(shim.pid), 0);
+    let fds: Vec<_> = std::fs::read_dir(format!("/proc/{}/fd", shim.pid))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect();
+    assert!(fd_count(shim.pid) <= baseline, "fds {} > baseline {baseline}: {fds:?}", fd_count(shim.pid));
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
+
+/// SPEC §4.7 no. 17: large TTY exec output arrives whole and the exit code is 0, not 129.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_exec_large_output_is_complete() {
+    let env = TestEnv::new().await;
+    let id = "tty-seq";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+    let baseline = fd_count(shim.pid);
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let out = env.fifo(&format!("seq-out-{i}"));
+        let reader = read_fifo(&out);
+        let spec = serde_json::json!({
+            "terminal": true, "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"], "cwd": "/",
+            "args": ["seq", "-s", " ", "1000000"],
+        });
+        let mut any = Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+        any.value = serde_json::to_vec(&spec).unwrap();
+        let mut req = api::ExecProcessRequest::new();
+        req.id = id.into();
+        req.exec_id = format!("seq{i}");
+        req.terminal = true;
+        req.stdout = out.display().to_string();
+        req.spec = protobuf::MessageField::some(any);
+        let client = shim.client.clone();
+        tasks.push(tokio::spawn(async move {
+            client.exec(ctx(), &req).await.unwrap();
+            client.start(ctx(), &start(&req.id, &req.exec_id)).await.unwrap();
+            let w = client.wait(ctx(), &wait(&req.id, &req.exec_id)).await.unwrap();
+            client.delete(ctx(), &delete(&req.id, &req.exec_id)).await.unwrap();
+            (w.exit_status, reader.await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (status, out) = t.await.unwrap();
+        assert_eq!(status, 0);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.trim_end().ends_with("999999 1000000"), "tail: {:?}", &text[text.len().saturating_sub(40)..]);
+        assert!(text.starts_with("1 2 3 "), "head: {:?}", &text[..text.len().min(20)]);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pty_fds(shim.pid), 0, "pty fds kept after exec delete");
+    assert!(fd_count(shim.pid) <= baseline, "fds {} > baseline {baseline}", fd_count(shim.pid));
+    let mut k = api::KillRequest::new();
+    k.id = id.into();
+    k.signal = 9;
+    shim.client.kill(ctx(), &k).await.unwrap();
+    shim.client.wait(ctx(), &wait(id, "")).await.unwrap();
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
