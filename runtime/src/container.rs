@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::error::{Result, RuntimeError};
-use crate::io::{ProcessIo, StdioConfig};
+use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::oci::{read_pid_file, OciError, Runtime};
 use crate::process::State;
 use crate::reaper::{ExitSink, ProcessExit, Reaper, Subscription};
@@ -190,6 +190,8 @@ pub struct NewContainer {
     pub shares_pid_ns: bool,
     /// IoUid/IoGid for exec pipes.
     pub io_owner: (u32, u32),
+    /// The containerd namespace.
+    pub namespace: String,
     /// The TaskCreate event.
     pub event: TaskCreate,
 }
@@ -207,6 +209,7 @@ struct Actor {
     rootfs_mounted: bool,
     shares_pid_ns: bool,
     io_owner: (u32, u32),
+    namespace: String,
     self_tx: mpsc::UnboundedSender<Msg>,
     exit_tx: ExitSink,
     tasks: JoinSet<()>,
@@ -228,6 +231,7 @@ pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> C
         rootfs_mounted: new.rootfs_mounted,
         shares_pid_ns: new.shares_pid_ns,
         io_owner: new.io_owner,
+        namespace: new.namespace,
         self_tx: tx.clone(),
         exit_tx: exit_tx.clone(),
         tasks: JoinSet::new(),
@@ -465,10 +469,12 @@ impl Actor {
         let stdio = p.stdio.clone();
         let (runtime, reaper) = (Arc::clone(&self.runtime), self.shared.reaper.clone());
         let (id, bundle, owner, tx) = (self.id.clone(), self.bundle.clone(), self.io_owner, self.self_tx.clone());
+        let namespace = self.namespace.clone();
         self.tasks.spawn(async move {
             // Subscribe before the runtime can start the process (SPEC §4.4).
             let subscription = reaper.subscribe();
-            let result = run_exec(&runtime, &id, &bundle, &exec_id, &spec, &stdio, owner).await;
+            let ctx = IoContext { reaper: &reaper, container_id: &id, namespace: &namespace };
+            let result = run_exec(&runtime, &bundle, &exec_id, &spec, &stdio, owner, ctx).await;
             let result = result.map(|(pid, io)| (pid, io, subscription));
             let _ = tx.send(Msg::ExecStarted { exec_id, result, reply });
         });
@@ -651,14 +657,15 @@ pub fn task_io(stdio: &StdioConfig) -> TaskIO {
 
 async fn run_exec(
     runtime: &Runtime,
-    id: &str,
     bundle: &std::path::Path,
     exec_id: &str,
     spec: &serde_json::Value,
     stdio: &StdioConfig,
     (uid, gid): (u32, u32),
+    ctx: IoContext<'_>,
 ) -> Result<(u32, ProcessIo)> {
-    let (prepared, rt_stdio) = ProcessIo::prepare(stdio, uid, gid).await?;
+    let id = ctx.container_id;
+    let (prepared, rt_stdio) = ProcessIo::prepare(stdio, uid, gid, ctx).await?;
     let process_file = bundle.join(format!(".{exec_id}.process.json"));
     let pid_file = bundle.join(format!("{exec_id}.pid"));
     let bytes =

@@ -8,7 +8,7 @@ use containerd_shim_protos::events::task::TaskCreate;
 
 use crate::container::{self, ContainerHandle, NewContainer, Shared};
 use crate::error::{Result, RuntimeError};
-use crate::io::{ProcessIo, StdioConfig};
+use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::mount::{self, MountSpec};
 use crate::oci::{read_pid_file, CreateOpts, Runtime};
 use crate::options::{validate_id, BundleSpec, RuncOptions};
@@ -98,7 +98,8 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
     }
 
     let result = async {
-        let (prepared, rt_stdio) = ProcessIo::prepare(&params.stdio, opts.io_uid, opts.io_gid).await?;
+        let ctx = IoContext { reaper: &shared.reaper, container_id: &params.id, namespace: &params.namespace };
+        let (prepared, rt_stdio) = ProcessIo::prepare(&params.stdio, opts.io_uid, opts.io_gid, ctx).await?;
         let pid_file = bundle.join("init.pid");
         let create_opts = CreateOpts {
             no_pivot: opts.no_pivot_root,
@@ -154,6 +155,7 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
             rootfs_mounted,
             shares_pid_ns: spec.shares_pid_namespace(),
             io_owner: (opts.io_uid, opts.io_gid),
+            namespace: params.namespace.clone(),
             event,
         },
         subscription,

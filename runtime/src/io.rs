@@ -27,7 +27,20 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::console::{self, ConsoleSocket, Pty};
+use crate::logger::{self, BinaryLogger, Target};
 use crate::oci::RuntimeStdio;
+use crate::reaper::Reaper;
+
+/// Who the stdio belongs to (for logging binaries' environment) and the reaper to spawn them.
+#[derive(Debug, Clone, Copy)]
+pub struct IoContext<'a> {
+    /// The reaper.
+    pub reaper: &'a Reaper,
+    /// Container id.
+    pub container_id: &'a str,
+    /// containerd namespace.
+    pub namespace: &'a str,
+}
 
 /// Copy buffer size, one per stream.
 const COPY_BUFFER: usize = 32 * 1024;
@@ -83,6 +96,7 @@ pub struct ProcessIo {
     outputs: Vec<JoinHandle<()>>,
     console: Option<Pty>,
     exited: Option<watch::Sender<bool>>,
+    logger: Option<BinaryLogger>,
 }
 
 /// Stdio set up before the runtime runs; [`Prepared::finish`] completes it afterwards.
@@ -160,13 +174,94 @@ impl ProcessIo {
     /// Before the runtime runs: in pipe mode, open the fifos, make the pipes and start the
     /// copies; in terminal mode, make the console socket. Returns the container side of the
     /// stdio for the runtime. `uid`/`gid` own the container-side pipe ends.
-    pub async fn prepare(cfg: &StdioConfig, uid: u32, gid: u32) -> Result<(Prepared, RuntimeStdio), IoError> {
+    pub async fn prepare(
+        cfg: &StdioConfig,
+        uid: u32,
+        gid: u32,
+        ctx: IoContext<'_>,
+    ) -> Result<(Prepared, RuntimeStdio), IoError> {
+        let target = logger::parse(&cfg.stdout).map_err(|uri| IoError::Unsupported { stream: "stdout", uri })?;
         if cfg.terminal {
+            if !matches!(target, Target::Fifo(_)) {
+                return Err(IoError::Unsupported { stream: "stdout", uri: cfg.stdout.clone() });
+            }
             let socket = ConsoleSocket::new().map_err(IoError::Console)?;
             return Ok((Prepared::Console(socket), RuntimeStdio::default()));
         }
-        let (io, rt) = Self::pipes(cfg, uid, gid).await?;
+        let (io, rt) = match target {
+            Target::Fifo(_) => Self::pipes(cfg, uid, gid).await?,
+            Target::File(path) => Self::to_file(cfg, &path, uid, gid)?,
+            Target::Binary(program, args) => Self::to_binary(cfg, &program, &args, uid, gid, ctx).await?,
+        };
         Ok((Prepared::Pipes(io), rt))
+    }
+
+    /// `file://`: both streams appended to one file.
+    fn to_file(cfg: &StdioConfig, path: &Path, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
+        let shown = path.display().to_string();
+        let file = logger::open_file(path).map_err(|e| IoError::Open {
+            what: "open log file",
+            path: shown.clone(),
+            source: e,
+        })?;
+        let file = Arc::new(file);
+        let mut io = ProcessIo::default();
+        let mut rt = RuntimeStdio::default();
+        let (out_r, out_w) = make_pipe(&shown)?;
+        let (err_r, err_w) = make_pipe(&shown)?;
+        chown_fd(&out_w, uid, gid, &shown)?;
+        chown_fd(&err_w, uid, gid, &shown)?;
+        io.outputs.push(tokio::spawn(logger::copy_to_file(out_r, Arc::clone(&file))));
+        io.outputs.push(tokio::spawn(logger::copy_to_file(err_r, file)));
+        rt.stdout = Some(out_w);
+        rt.stderr = Some(err_w);
+        Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
+        Ok((io, rt))
+    }
+
+    /// `binary://`: a logging process reads both streams.
+    async fn to_binary(
+        cfg: &StdioConfig,
+        program: &Path,
+        args: &[String],
+        uid: u32,
+        gid: u32,
+        ctx: IoContext<'_>,
+    ) -> Result<(ProcessIo, RuntimeStdio), IoError> {
+        let shown = program.display().to_string();
+        let mut io = ProcessIo::default();
+        let mut rt = RuntimeStdio::default();
+        let (out_r, out_w) = make_pipe(&shown)?;
+        let (err_r, err_w) = make_pipe(&shown)?;
+        chown_fd(&out_w, uid, gid, &shown)?;
+        chown_fd(&err_w, uid, gid, &shown)?;
+        let logger = BinaryLogger::start(ctx.reaper, program, args, ctx.container_id, ctx.namespace, out_r, err_r)
+            .await
+            .map_err(|e| IoError::Open { what: "start logging binary", path: shown, source: e })?;
+        io.logger = Some(logger);
+        rt.stdout = Some(out_w);
+        rt.stderr = Some(err_w);
+        Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
+        Ok((io, rt))
+    }
+
+    fn stdin_pipe(
+        io: &mut ProcessIo,
+        rt: &mut RuntimeStdio,
+        cfg: &StdioConfig,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), IoError> {
+        let Some(path) = fifo_path("stdin", &cfg.stdin)? else { return Ok(()) };
+        let open = |e: io::Error| IoError::Open { what: "open stdin fifo", path: path.clone(), source: e };
+        let (fifo, keepalive) = open_input(&path)?;
+        let (r, w) = make_pipe(&path)?;
+        chown_fd(&r, uid, gid, &path)?;
+        let tx = pipe::Sender::from_owned_fd(w).map_err(open)?;
+        io.input = Some(tokio::spawn(copy(fifo, tx, "stdin")));
+        io.stdin_keepalive = Some(keepalive);
+        rt.stdin = Some(r);
+        Ok(())
     }
 
     async fn terminal(cfg: &StdioConfig, pty: Pty) -> Result<ProcessIo, IoError> {
@@ -206,7 +301,6 @@ impl ProcessIo {
     }
 
     async fn pipes(cfg: &StdioConfig, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
-        let stdin = fifo_path("stdin", &cfg.stdin)?;
         let stdout = fifo_path("stdout", &cfg.stdout)?;
         let stderr = fifo_path("stderr", &cfg.stderr)?;
         let mut io = ProcessIo::default();
@@ -232,16 +326,7 @@ impl ProcessIo {
                 rt.stderr = Some(w);
             }
         }
-        if let Some(path) = stdin {
-            let open = |e: io::Error| IoError::Open { what: "open stdin fifo", path: path.clone(), source: e };
-            let (fifo, keepalive) = open_input(&path)?;
-            let (r, w) = make_pipe(&path)?;
-            chown_fd(&r, uid, gid, &path)?;
-            let tx = pipe::Sender::from_owned_fd(w).map_err(open)?;
-            io.input = Some(tokio::spawn(copy(fifo, tx, "stdin")));
-            io.stdin_keepalive = Some(keepalive);
-            rt.stdin = Some(r);
-        }
+        Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
         Ok((io, rt))
     }
 
@@ -264,6 +349,9 @@ impl ProcessIo {
         .is_ok();
         for a in aborts {
             a.abort();
+        }
+        if let Some(mut logger) = self.logger.take() {
+            logger.stop(limit).await;
         }
         self.shutdown();
         drained

@@ -19,6 +19,7 @@ pub mod container;
 pub mod create;
 pub mod error;
 pub mod io;
+pub mod logger;
 pub mod mount;
 pub mod oci;
 pub mod options;

@@ -112,3 +112,35 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // and `as_raw_fd` returns the same number until the `AsyncFd` is dropped.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))
 }
+
+/// Makes each `(fd, target)` the child's fd `target` (close-on-exec cleared). Sources are first
+/// duplicated above every target, so a source whose number is another pair's target is not
+/// clobbered. The parent's fds live until `cmd` is dropped.
+pub fn pass_fds(cmd: &mut Command, fds: Vec<(OwnedFd, RawFd)>) {
+    use std::os::fd::AsRawFd;
+    let pairs: Vec<(RawFd, RawFd)> = fds.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+    let floor = pairs.iter().map(|(_, t)| *t).max().unwrap_or(0) + 1;
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl(2) and
+    // dup2(2), which are async-signal-safe; `pairs` was allocated before the fork and is only
+    // read. The sources stay open in the parent (owned by the captured `fds`) until the Command
+    // is dropped after spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &fds;
+            let mut high = [0 as RawFd; 8];
+            for (i, (src, _)) in pairs.iter().enumerate().take(high.len()) {
+                let d = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, floor);
+                if d < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                high[i] = d;
+            }
+            for (i, (_, target)) in pairs.iter().enumerate().take(high.len()) {
+                if libc::dup2(high[i], *target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,217 @@
+//! Logging stdio targets (SPEC §5.1): `binary:///path?k=v` starts a logging process that reads
+//! the container's stdout/stderr pipes; `file:///path` appends both streams to a file.
+//!
+//! The logger process is spawned through the reaper (its exit is routed to us, nobody else
+//! waits for it) with fd 3 = stdout read end, fd 4 = stderr read end, fd 5 = the readiness pipe,
+//! and `CONTAINER_ID`/`CONTAINER_NAMESPACE` in its environment. Setup waits until it writes a
+//! byte to fd 5 or closes it. On delete the shim waits for it to exit by itself (it sees EOF
+//! when the container's writers are gone), then SIGTERM, then SIGKILL.
+
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use shim_events::ExitInfo;
+use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot;
+
+use crate::reaper::Reaper;
+use crate::sys;
+
+/// How long setup waits for the logger to signal readiness.
+pub const LOGGER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a logger gets after SIGTERM before SIGKILL.
+pub const LOGGER_TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// Where a process's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A fifo (or nothing when the path is empty).
+    Fifo(String),
+    /// `file:///path`
+    File(PathBuf),
+    /// `binary:///path?k=v`: the program and its arguments (query pairs as `k v`).
+    Binary(PathBuf, Vec<String>),
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses a stdout URI as containerd passes it.
+pub fn parse(uri: &str) -> Result<Target, String> {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Ok(Target::Fifo(uri.to_owned()));
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let path = percent_decode(path);
+    if !path.starts_with('/') {
+        return Err(format!("{uri:?}: path must be absolute"));
+    }
+    match scheme {
+        "fifo" => Ok(Target::Fifo(path)),
+        "file" => Ok(Target::File(PathBuf::from(path))),
+        "binary" => {
+            let mut args = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                args.push(percent_decode(k));
+                if !v.is_empty() {
+                    args.push(percent_decode(v));
+                }
+            }
+            Ok(Target::Binary(PathBuf::from(path), args))
+        }
+        other => Err(format!("{uri:?}: unsupported scheme {other:?}")),
+    }
+}
+
+/// Opens (creating its directory) a log file for appending, mode 0644.
+pub fn open_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new().append(true).create(true).mode(0o644).open(path)
+}
+
+/// Copies a pipe into a shared log file until EOF.
+pub async fn copy_to_file(fd: OwnedFd, file: std::sync::Arc<std::fs::File>) {
+    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                // Regular-file appends go to the page cache; a short synchronous write is fine.
+                if (&*file).write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A running logging binary.
+#[derive(Debug)]
+pub struct BinaryLogger {
+    pid: u32,
+    exit: oneshot::Receiver<ExitInfo>,
+}
+
+impl BinaryLogger {
+    /// Starts `program args` with the read ends of the container's stdout/stderr pipes and waits
+    /// until it is ready.
+    pub async fn start(
+        reaper: &Reaper,
+        program: &Path,
+        args: &[String],
+        container_id: &str,
+        namespace: &str,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> io::Result<BinaryLogger> {
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("CONTAINER_ID", container_id)
+            .env("CONTAINER_NAMESPACE", namespace)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        sys::pass_fds(&mut cmd, vec![(stdout, 3), (stderr, 4), (ready_w, 5)]);
+        let spawned = reaper.spawn(&mut cmd);
+        // Drops our copies of the pipe ends the logger now holds.
+        drop(cmd);
+        let (pid, exit) = spawned?;
+        let mut logger = BinaryLogger { pid, exit };
+        let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)?;
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(LOGGER_READY_TIMEOUT, ready.read(&mut byte)).await {
+            Ok(Ok(_)) => Ok(logger),
+            Ok(Err(e)) => {
+                logger.stop(Duration::ZERO).await;
+                Err(e)
+            }
+            Err(_) => {
+                logger.stop(Duration::ZERO).await;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "logging binary did not become ready"))
+            }
+        }
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(0))
+    }
+
+    /// Waits up to `limit` for the logger to exit by itself, then SIGTERM, then SIGKILL.
+    pub async fn stop(&mut self, limit: Duration) {
+        if tokio::time::timeout(limit, &mut self.exit).await.is_ok() {
+            return;
+        }
+        let pid = self.pid();
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(LOGGER_TERM_GRACE, &mut self.exit).await.is_ok() {
+            return;
+        }
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = tokio::time::timeout(LOGGER_TERM_GRACE, &mut self.exit).await;
+    }
+}
+
+impl Drop for BinaryLogger {
+    fn drop(&mut self) {
+        // Not stopped through `stop` (a failed setup, the shim tearing down): do not leave it.
+        if self.exit.try_recv().is_err() {
+            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_uris() {
+        assert_eq!(parse("/run/x/stdout").unwrap(), Target::Fifo("/run/x/stdout".into()));
+        assert_eq!(parse("fifo:///run/x").unwrap(), Target::Fifo("/run/x".into()));
+        assert_eq!(parse("file:///var/log/a%20b.log").unwrap(), Target::File("/var/log/a b.log".into()));
+        assert_eq!(
+            parse("binary:///usr/bin/logger?--tag=web&-v").unwrap(),
+            Target::Binary("/usr/bin/logger".into(), vec!["--tag".into(), "web".into(), "-v".into()])
+        );
+        assert!(parse("binary://relative/logger").is_err());
+        assert!(parse("tcp:///x").is_err());
+    }
+}

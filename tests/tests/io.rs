@@ -1,0 +1,181 @@
+//! Stdio: loggers, lossless output under load, drain bounds (issue 5; SPEC §5, §4.7 no. 18).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use containerd_shim_protos::api;
+use protobuf::well_known_types::any::Any;
+use shim_tests::*;
+
+fn start(id: &str, e: &str) -> api::StartRequest {
+    let mut m = api::StartRequest::new();
+    m.id = id.into();
+    m.exec_id = e.into();
+    m
+}
+fn wait(id: &str, e: &str) -> api::WaitRequest {
+    let mut m = api::WaitRequest::new();
+    m.id = id.into();
+    m.exec_id = e.into();
+    m
+}
+fn delete(id: &str, e: &str) -> api::DeleteRequest {
+    let mut m = api::DeleteRequest::new();
+    m.id = id.into();
+    m.exec_id = e.into();
+    m
+}
+fn exec_req(id: &str, exec_id: &str, args: &[&str]) -> api::ExecProcessRequest {
+    let spec = serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"});
+    let mut any = Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+    any.value = serde_json::to_vec(&spec).unwrap();
+    let mut r = api::ExecProcessRequest::new();
+    r.id = id.into();
+    r.exec_id = exec_id.into();
+    r.spec = protobuf::MessageField::some(any);
+    r
+}
+
+async fn run_to_exit(env: &TestEnv, id: &str, args: &[&str], stdout: &str, stderr: &str) -> u32 {
+    let bundle = env.bundle(id, args, &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    let mut req = env.create_request(id, &bundle);
+    req.stdout = stdout.into();
+    req.stderr = stderr.into();
+    shim.client.create(ctx(), &req).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+    let status = shim.client.wait(ctx(), &wait(id, "")).await.unwrap().exit_status;
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_logger_gets_both_streams() {
+    let env = TestEnv::new().await;
+    let log = env.dir.join("logs/sub/c.log");
+    let uri = format!("file://{}", log.display());
+    let status =
+        run_to_exit(&env, "io-file", &["sh", "-c", "echo out1; echo err1 >&2; echo out2; exit 2"], &uri, &uri).await;
+    assert_eq!(status, 2);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let out1 = lines.iter().position(|l| *l == "out1").unwrap();
+    let out2 = lines.iter().position(|l| *l == "out2").unwrap();
+    assert!(out1 < out2, "{text:?}");
+    lines.sort_unstable();
+    assert_eq!(lines, ["err1", "out1", "out2"], "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_logger_gets_streams_and_environment() {
+    let env = TestEnv::new().await;
+    let out = env.dir.join("logger-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = env.dir.join("logger.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         echo \"$CONTAINER_ID $CONTAINER_NAMESPACE $*\" > \"$2/env\"\n\
+         cat <&3 > \"$2/stdout\" &\n\
+         cat <&4 > \"$2/stderr\" &\n\
+         printf x >&5\n\
+         exec 5>&-\n\
+         wait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?dir={}", script.display(), out.display());
+    let status = run_to_exit(&env, "io-bin", &["sh", "-c", "echo to-out; echo to-err >&2; exit 4"], &uri, &uri).await;
+    assert_eq!(status, 4);
+    assert_eq!(std::fs::read_to_string(out.join("stdout")).unwrap(), "to-out\n");
+    assert_eq!(std::fs::read_to_string(out.join("stderr")).unwrap(), "to-err\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("env")).unwrap().trim(),
+        format!("io-bin {NAMESPACE} dir {}", out.display())
+    );
+    // The logger exited; it is not left running.
+    let script_s = script.display().to_string();
+    let left = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(&script_s))
+        .count();
+    assert_eq!(left, 0, "logging binary left running");
+}
+
+/// 100 concurrent execs each writing 1 MiB of its own id: every byte exact, none mixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_exec_output_is_exact() {
+    let env = TestEnv::new().await;
+    let id = "io-load";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+    const N: usize = 100;
+    const SIZE: usize = 1 << 20;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let fifo = env.fifo(&format!("load-{i}"));
+        let reader = read_fifo(&fifo);
+        let client = shim.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let exec_id = format!("w{i}");
+            let cmd = format!("yes {exec_id} | head -c {SIZE}");
+            let mut req = exec_req("io-load", &exec_id, &["sh", "-c", &cmd]);
+            req.stdout = fifo.display().to_string();
+            client.exec(ctx(), &req).await.unwrap();
+            client.start(ctx(), &start("io-load", &exec_id)).await.unwrap();
+            assert_eq!(client.wait(ctx(), &wait("io-load", &exec_id)).await.unwrap().exit_status, 0);
+            client.delete(ctx(), &delete("io-load", &exec_id)).await.unwrap();
+            (exec_id, reader.await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (exec_id, out) = t.await.unwrap();
+        let line = format!("{exec_id}\n");
+        let expect: Vec<u8> = line.as_bytes().iter().copied().cycle().take(SIZE).collect();
+        assert_eq!(out.len(), SIZE, "{exec_id}: {} bytes", out.len());
+        assert!(out == expect, "{exec_id}: content differs");
+    }
+    let mut k = api::KillRequest::new();
+    k.id = id.into();
+    k.signal = 9;
+    shim.client.kill(ctx(), &k).await.unwrap();
+    shim.client.wait(ctx(), &wait(id, "")).await.unwrap();
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
+
+/// SPEC §4.7 no. 18: an exec whose background child keeps stdout open does not hang Delete;
+/// the drain gives up after its bound and what was written before is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_delete_does_not_hang_on_background_child() {
+    let env = TestEnv::new().await;
+    let id = "io-drain";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+    let fifo = env.fifo("drain-out");
+    let reader = read_fifo(&fifo);
+    let mut req = exec_req(id, "bg", &["sh", "-c", "sleep 100000 & echo started"]);
+    req.stdout = fifo.display().to_string();
+    shim.client.exec(ctx(), &req).await.unwrap();
+    shim.client.start(ctx(), &start(id, "bg")).await.unwrap();
+    assert_eq!(shim.client.wait(ctx(), &wait(id, "bg")).await.unwrap().exit_status, 0);
+    let t = Instant::now();
+    let d = tokio::time::timeout(Duration::from_secs(60), shim.client.delete(ctx(), &delete(id, "bg"))).await;
+    assert!(d.expect("exec Delete hung").is_ok());
+    eprintln!("exec delete with a background child holding stdout took {:?}", t.elapsed());
+    assert_eq!(reader.await.unwrap(), b"started\n");
+    let mut k = api::KillRequest::new();
+    k.id = id.into();
+    k.signal = 9;
+    shim.client.kill(ctx(), &k).await.unwrap();
+    shim.client.wait(ctx(), &wait(id, "")).await.unwrap();
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
