@@ -245,6 +245,16 @@ impl Sequencer {
         out
     }
 
+    /// `runc pause` succeeded: publish `TaskPaused`.
+    pub fn paused(&mut self, event: containerd_shim_protos::events::task::TaskPaused) -> Vec<Step> {
+        vec![Step::Publish(Event::Paused(event))]
+    }
+
+    /// `runc resume` succeeded: publish `TaskResumed`.
+    pub fn resumed(&mut self, event: containerd_shim_protos::events::task::TaskResumed) -> Vec<Step> {
+        vec![Step::Publish(Event::Resumed(event))]
+    }
+
     /// The init was deleted: publish `TaskDelete`. Exec deletes publish nothing (SPEC §2.1).
     pub fn deleted(&mut self, event: TaskDelete) -> Vec<Step> {
         vec![Step::Publish(Event::Delete(event))]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
 };
 use shim_events::{Event, ExitInfo, ProcessId, Publisher, Sequencer, Step};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -74,6 +74,10 @@ enum Msg {
     Pids { reply: Reply<Vec<(u32, Option<String>)>> },
     CloseIo { exec_id: Option<String>, reply: Reply<()> },
     Resize { exec_id: Option<String>, width: u32, height: u32, reply: Reply<()> },
+    Pause { reply: Reply<()> },
+    Resume { reply: Reply<()> },
+    Update { resources: Vec<u8>, reply: Reply<()> },
+    Paused { pause: bool, result: Result<()>, reply: Reply<()> },
     // Completions of the actor's own child tasks.
     InitStarted { result: Result<()>, reply: Reply<u32> },
     ExecStarted { exec_id: String, result: Result<(u32, ProcessIo, Subscription)>, reply: Reply<u32> },
@@ -132,6 +136,21 @@ impl ContainerHandle {
     /// Closes the shim's write handle on a process's stdin.
     pub async fn close_io(&self, exec_id: Option<String>) -> Result<()> {
         self.call(|reply| Msg::CloseIo { exec_id, reply }).await
+    }
+
+    /// Freezes the container (`runc pause`).
+    pub async fn pause(&self) -> Result<()> {
+        self.call(|reply| Msg::Pause { reply }).await
+    }
+
+    /// Thaws the container (`runc resume`).
+    pub async fn resume(&self) -> Result<()> {
+        self.call(|reply| Msg::Resume { reply }).await
+    }
+
+    /// Applies LinuxResources (JSON) with `runc update`.
+    pub async fn update(&self, resources: Vec<u8>) -> Result<()> {
+        self.call(|reply| Msg::Update { resources, reply }).await
     }
 
     /// Resizes a process's terminal (a no-op without one).
@@ -373,6 +392,10 @@ impl Actor {
                 });
                 let _ = reply.send(r);
             }
+            Msg::Pause { reply } => self.pause(true, reply),
+            Msg::Resume { reply } => self.pause(false, reply),
+            Msg::Paused { pause, result, reply } => self.paused(pause, result, reply),
+            Msg::Update { resources, reply } => self.update(resources, reply),
             Msg::InitStarted { result, reply } => self.init_started(result, reply),
             Msg::ExecStarted { exec_id, result, reply } => self.exec_started(exec_id, result, reply),
             Msg::InitDeleted { result, reply } => return self.init_deleted(result, reply),
@@ -383,8 +406,61 @@ impl Actor {
     fn state(&mut self, exec_id: Option<&str>) -> Result<ProcessState> {
         let bundle = self.bundle.clone();
         let id = exec_id.map_or_else(|| self.id.clone(), str::to_owned);
+        let init_paused = self.init.state == State::Paused;
         let p = self.proc_mut(exec_id)?;
-        Ok(ProcessState { id, bundle, pid: p.pid, state: p.state, stdio: p.stdio.clone(), exit: p.exit })
+        // As in the Go shim, an exec reports paused while its container is paused.
+        let state = if init_paused && p.state == State::Running { State::Paused } else { p.state };
+        Ok(ProcessState { id, bundle, pid: p.pid, state, stdio: p.stdio.clone(), exit: p.exit })
+    }
+
+    /// Pause (`pause`) or resume the init; the state changes and the event is queued when
+    /// the runtime call returns.
+    fn pause(&mut self, pause: bool, reply: Reply<()>) {
+        let allowed = if pause { self.init.state.can_pause() } else { self.init.state.can_resume() };
+        if let Err(e) = allowed {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        let (runtime, id, bundle, tx) =
+            (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone(), self.self_tx.clone());
+        self.tasks.spawn(async move {
+            let result = if pause { runtime.pause(&id, &bundle).await } else { runtime.resume(&id, &bundle).await };
+            let _ = tx.send(Msg::Paused { pause, result: result.map_err(RuntimeError::from), reply });
+        });
+    }
+
+    fn paused(&mut self, pause: bool, result: Result<()>, reply: Reply<()>) {
+        if let Err(e) = result {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        // An exit released meanwhile wins: the state stays stopped, no event.
+        let expected = if pause { State::Running } else { State::Paused };
+        if self.init.state == expected {
+            self.init.state = if pause { State::Paused } else { State::Running };
+            let steps = if pause {
+                let mut ev = TaskPaused::new();
+                ev.container_id = self.id.clone();
+                self.seq.paused(ev)
+            } else {
+                let mut ev = TaskResumed::new();
+                ev.container_id = self.id.clone();
+                self.seq.resumed(ev)
+            };
+            self.apply(steps);
+        }
+        let _ = reply.send(Ok(()));
+    }
+
+    fn update(&mut self, resources: Vec<u8>, reply: Reply<()>) {
+        if let Err(e) = self.init.state.can_update() {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        let (runtime, id, bundle) = (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone());
+        self.tasks.spawn(async move {
+            let _ = reply.send(runtime.update(&id, &bundle, resources).await.map_err(RuntimeError::from));
+        });
     }
 
     fn start_init(&mut self, reply: Reply<u32>) {
@@ -521,8 +597,13 @@ impl Actor {
                     return;
                 }
                 let (runtime, id, bundle) = (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone());
+                // A frozen process does not die until thawed: resume after a SIGKILL.
+                let thaw = self.init.state == State::Paused && signal == 9;
                 self.tasks.spawn(async move {
                     let r = runtime.kill(&id, &bundle, signal, all).await.map_err(map_kill_error);
+                    if thaw {
+                        let _ = runtime.resume(&id, &bundle).await;
+                    }
                     let _ = reply.send(r);
                 });
             }

@@ -311,6 +311,24 @@ impl Runtime {
         }
     }
 
+    /// `runc pause`.
+    pub async fn pause(&self, id: &str, bundle: &Path) -> Result<(), OciError> {
+        self.run("pause", Some(&bundle.join("log.json")), vec!["pause".into(), id.into()], None, None).await.map(|_| ())
+    }
+
+    /// `runc resume`.
+    pub async fn resume(&self, id: &str, bundle: &Path) -> Result<(), OciError> {
+        self.run("resume", Some(&bundle.join("log.json")), vec!["resume".into(), id.into()], None, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// `runc update --resources -` with the LinuxResources JSON on stdin.
+    pub async fn update(&self, id: &str, bundle: &Path, resources: Vec<u8>) -> Result<(), OciError> {
+        let args = vec!["update".into(), "--resources".into(), "-".into(), id.into()];
+        self.run("update", Some(&bundle.join("log.json")), args, None, Some(resources)).await.map(|_| ())
+    }
+
     /// `runc ps --format json`: the pids in the container's cgroup.
     pub async fn ps(&self, id: &str, bundle: &Path) -> Result<Vec<u32>, OciError> {
         let out = self

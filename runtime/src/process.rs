@@ -84,6 +84,30 @@ impl State {
         }
     }
 
+    /// Whether the init may be paused.
+    pub fn can_pause(self) -> Result<(), InvalidTransition> {
+        match self {
+            State::Running => Ok(()),
+            s => Err(InvalidTransition { action: "pause task in", state: s.name() }),
+        }
+    }
+
+    /// Whether the init may be resumed.
+    pub fn can_resume(self) -> Result<(), InvalidTransition> {
+        match self {
+            State::Paused => Ok(()),
+            s => Err(s.refuse("resume")),
+        }
+    }
+
+    /// Whether resources may be updated (created, running, paused).
+    pub fn can_update(self) -> Result<(), InvalidTransition> {
+        match self {
+            State::Created | State::Running | State::Paused => Ok(()),
+            s => Err(InvalidTransition { action: "update", state: s.name() }),
+        }
+    }
+
     /// Whether an exec may be added to a container whose init is in this state.
     pub fn can_exec(self) -> Result<(), InvalidTransition> {
         match self {
