@@ -19,6 +19,7 @@ use shim_events::{Event, ExitInfo, ProcessId, Publisher, Sequencer, Step};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::cgroups::ContainerCgroup;
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::oci::{read_pid_file, OciError, Runtime};
@@ -74,6 +75,7 @@ enum Msg {
     Pids { reply: Reply<Vec<(u32, Option<String>)>> },
     CloseIo { exec_id: Option<String>, reply: Reply<()> },
     Resize { exec_id: Option<String>, width: u32, height: u32, reply: Reply<()> },
+    Cgroup { reply: Reply<ContainerCgroup> },
     Pause { reply: Reply<()> },
     Resume { reply: Reply<()> },
     Update { resources: Vec<u8>, reply: Reply<()> },
@@ -136,6 +138,11 @@ impl ContainerHandle {
     /// Closes the shim's write handle on a process's stdin.
     pub async fn close_io(&self, exec_id: Option<String>) -> Result<()> {
         self.call(|reply| Msg::CloseIo { exec_id, reply }).await
+    }
+
+    /// The container's cgroup, for Stats (read by the caller, outside the actor).
+    pub async fn cgroup(&self) -> Result<ContainerCgroup> {
+        self.call(|reply| Msg::Cgroup { reply }).await
     }
 
     /// Freezes the container (`runc pause`).
@@ -211,6 +218,8 @@ pub struct NewContainer {
     pub io_owner: (u32, u32),
     /// The containerd namespace.
     pub namespace: String,
+    /// The init's cgroup, when it could be found at create.
+    pub cgroup: Option<ContainerCgroup>,
     /// The TaskCreate event.
     pub event: TaskCreate,
 }
@@ -229,6 +238,7 @@ struct Actor {
     shares_pid_ns: bool,
     io_owner: (u32, u32),
     namespace: String,
+    cgroup: Option<ContainerCgroup>,
     self_tx: mpsc::UnboundedSender<Msg>,
     exit_tx: ExitSink,
     tasks: JoinSet<()>,
@@ -251,6 +261,7 @@ pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> C
         shares_pid_ns: new.shares_pid_ns,
         io_owner: new.io_owner,
         namespace: new.namespace,
+        cgroup: new.cgroup,
         self_tx: tx.clone(),
         exit_tx: exit_tx.clone(),
         tasks: JoinSet::new(),
@@ -390,6 +401,17 @@ impl Actor {
                         None => Ok(()),
                     }
                 });
+                let _ = reply.send(r);
+            }
+            Msg::Cgroup { reply } => {
+                // Not found at create (the pid had no cgroup yet): try again from the pid.
+                if self.cgroup.is_none() && self.init.exit.is_none() {
+                    self.cgroup = ContainerCgroup::load(self.init.pid).ok();
+                }
+                let r = self
+                    .cgroup
+                    .clone()
+                    .ok_or(RuntimeError::Cgroup(crate::cgroups::CgroupError::Deleted { pid: self.init.pid }));
                 let _ = reply.send(r);
             }
             Msg::Pause { reply } => self.pause(true, reply),

@@ -156,6 +156,7 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
             shares_pid_ns: spec.shares_pid_namespace(),
             io_owner: (opts.io_uid, opts.io_gid),
             namespace: params.namespace.clone(),
+            cgroup: crate::cgroups::ContainerCgroup::load(pid).ok(),
             event,
         },
         subscription,

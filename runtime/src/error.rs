@@ -1,5 +1,6 @@
 //! The runtime layer's one error enum. `shim::status` maps it to ttrpc codes.
 
+use crate::cgroups::CgroupError;
 use crate::io::IoError;
 use crate::mount::MountError;
 use crate::oci::OciError;
@@ -56,6 +57,9 @@ pub enum RuntimeError {
     /// Rootfs mount failed.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// The container's cgroup is gone or unreadable.
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
     /// Bad options or bundle.
     #[error(transparent)]
     Options(#[from] OptionsError),

@@ -14,6 +14,7 @@
 //!
 //! Non-goals: protocol decoding (the `shim` crate) and event ordering rules (the `events` crate).
 
+pub mod cgroups;
 pub mod console;
 pub mod container;
 pub mod create;

@@ -1,5 +1,6 @@
 //! `ShimError` and the only mapping from errors to ttrpc codes (STYLE item 12).
 
+use shim_runtime::cgroups::CgroupError;
 use shim_runtime::io::IoError;
 use shim_runtime::oci::OciError;
 use shim_runtime::RuntimeError;
@@ -38,6 +39,8 @@ pub fn code(e: &ShimError) -> Code {
             RuntimeError::InvalidArgument { .. } | RuntimeError::Options(_) => Code::INVALID_ARGUMENT,
             RuntimeError::State(_) | RuntimeError::Precondition(_) => Code::FAILED_PRECONDITION,
             RuntimeError::Unimplemented(_) => Code::UNIMPLEMENTED,
+            RuntimeError::Cgroup(CgroupError::Deleted { .. }) => Code::NOT_FOUND,
+            RuntimeError::Cgroup(_) => Code::INTERNAL,
             RuntimeError::Oci(o) => match o {
                 OciError::ProcessFinished | OciError::ContainerNotFound => Code::NOT_FOUND,
                 OciError::BinaryNotFound { .. } | OciError::Failed { .. } | OciError::Spawn { .. } => Code::UNKNOWN,
@@ -78,6 +81,7 @@ mod tests {
             (rt(RuntimeError::Io(IoError::Console(std::io::ErrorKind::TimedOut.into()))), Code::INTERNAL),
             (ShimError::InvalidArgument { field: "f", reason: "r".into() }, Code::INVALID_ARGUMENT),
             (ShimError::Unimplemented("pause"), Code::UNIMPLEMENTED),
+            (rt(RuntimeError::Cgroup(CgroupError::Deleted { pid: 1 })), Code::NOT_FOUND),
         ];
         for (e, c) in cases {
             assert_eq!(code(&e), c, "{e}");

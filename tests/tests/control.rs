@@ -6,6 +6,7 @@ use std::time::Duration;
 use containerd_shim_protos::api;
 use containerd_shim_protos::types::task::Status;
 use protobuf::well_known_types::any::Any;
+use protobuf::Message;
 use shim_tests::*;
 use ttrpc::Code;
 
@@ -142,5 +143,49 @@ async fn pause_resume_update_and_kill_while_paused() {
     let r = s.iter().position(|l| l == "resumed").unwrap();
     assert!(p < r, "{s:?}");
     assert_eq!(s.iter().filter(|l| *l == "paused").count(), 2, "{s:?}");
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_report_the_container_cgroup() {
+    let env = TestEnv::new().await;
+    let id = "ctl-stats";
+    let bundle = env.bundle(id, &["sh", "-c", "sleep 1000 & sleep 1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &id_req(|r: &mut api::StartRequest| r.id = id.into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = shim.client.stats(ctx(), &id_req(|r: &mut api::StatsRequest| r.id = id.into())).await.unwrap();
+    let any = r.stats.into_option().unwrap();
+    match any.type_url.as_str() {
+        "io.containerd.cgroups.v1.Metrics" => {
+            let m = containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&any.value).unwrap();
+            // The backgrounded sleep, and sh exec-ed into the last sleep.
+            assert_eq!(m.pids.current, 2, "{:?}", m.pids);
+            assert!(m.memory.usage.usage > 0);
+            assert!(m.cpu.usage.total > 0);
+        }
+        "io.containerd.cgroups.v2.Metrics" => {
+            let m = containerd_shim_protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&any.value).unwrap();
+            assert_eq!(m.pids.current, 2);
+            assert!(m.memory.usage > 0);
+        }
+        other => panic!("unexpected metrics type {other}"),
+    }
+    shim.client
+        .kill(
+            ctx(),
+            &id_req(|r: &mut api::KillRequest| {
+                r.id = id.into();
+                r.signal = 9;
+                r.all = true;
+            }),
+        )
+        .await
+        .unwrap();
+    shim.client.wait(ctx(), &id_req(|r: &mut api::WaitRequest| r.id = id.into())).await.unwrap();
+    shim.client.delete(ctx(), &id_req(|r: &mut api::DeleteRequest| r.id = id.into())).await.unwrap();
+    let e = shim.client.stats(ctx(), &id_req(|r: &mut api::StatsRequest| r.id = id.into())).await.unwrap_err();
+    assert_eq!(code_of(&e), Code::NOT_FOUND);
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use containerd_shim_protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest,
-    ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, UpdateTaskRequest,
-    WaitRequest, WaitResponse,
+    ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
+    StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::shim::oci::ProcessDetails;
@@ -170,6 +170,15 @@ impl Task for TaskService {
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
         Ok(exec::exec(self.container(&req.id)?, req).await?)
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let cgroup = self.container(&req.id)?.cgroup().await.map_err(ShimError::from)?;
+        // Read outside the container's actor: Stats never waits behind it, nor it behind Stats.
+        let stats = cgroup.stats().map_err(|e| ShimError::from(shim_runtime::RuntimeError::from(e)))?;
+        let mut r = StatsResponse::new();
+        r.stats = protobuf::MessageField::some(stats);
+        Ok(r)
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
