@@ -245,6 +245,12 @@ impl Sequencer {
         out
     }
 
+    /// The container's cgroup hit an OOM kill: publish `TaskOOM`. The runtime reports it before
+    /// it reports the exit the kill caused.
+    pub fn oom(&mut self, event: containerd_shim_protos::events::task::TaskOOM) -> Vec<Step> {
+        vec![Step::Publish(Event::Oom(event))]
+    }
+
     /// `runc pause` succeeded: publish `TaskPaused`.
     pub fn paused(&mut self, event: containerd_shim_protos::events::task::TaskPaused) -> Vec<Step> {
         vec![Step::Publish(Event::Paused(event))]

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use shim_events::{Event, ExitInfo, ProcessId, Publisher, Sequencer, Step};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,6 +24,7 @@ use crate::cgroups::ContainerCgroup;
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::oci::{read_pid_file, OciError, Runtime};
+use crate::oom::OomWatch;
 use crate::process::State;
 use crate::reaper::{ExitSink, ProcessExit, Reaper, Subscription};
 use crate::registry::Registry;
@@ -220,6 +222,8 @@ pub struct NewContainer {
     pub namespace: String,
     /// The init's cgroup, when it could be found at create.
     pub cgroup: Option<ContainerCgroup>,
+    /// OOM notifications of that cgroup, when they could be registered.
+    pub oom: Option<OomWatch>,
     /// The TaskCreate event.
     pub event: TaskCreate,
 }
@@ -239,6 +243,7 @@ struct Actor {
     io_owner: (u32, u32),
     namespace: String,
     cgroup: Option<ContainerCgroup>,
+    oom: Option<OomWatch>,
     self_tx: mpsc::UnboundedSender<Msg>,
     exit_tx: ExitSink,
     tasks: JoinSet<()>,
@@ -262,6 +267,7 @@ pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> C
         io_owner: new.io_owner,
         namespace: new.namespace,
         cgroup: new.cgroup,
+        oom: new.oom,
         self_tx: tx.clone(),
         exit_tx: exit_tx.clone(),
         tasks: JoinSet::new(),
@@ -300,6 +306,7 @@ impl Actor {
                     }
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                r = oom_wait(self.oom.as_ref()) => self.on_oom(r),
             }
         }
         tracing::debug!(container_id = %self.id, "container actor stopped");
@@ -346,7 +353,27 @@ impl Actor {
         tracing::debug!(container_id = %self.id, pid = exit.pid, status = exit.status, "process exited");
     }
 
+    fn on_oom(&mut self, r: std::io::Result<u64>) {
+        match r {
+            Ok(n) if n > 0 => self.publish_oom(),
+            Ok(_) if self.oom.as_ref().is_some_and(OomWatch::alive) => {}
+            Ok(_) | Err(_) => self.oom = None,
+        }
+    }
+
+    fn publish_oom(&mut self) {
+        tracing::info!(container_id = %self.id, "oom");
+        let mut ev = TaskOOM::new();
+        ev.container_id = self.id.clone();
+        let steps = self.seq.oom(ev);
+        self.apply(steps);
+    }
+
     fn on_exit(&mut self, ProcessExit { process, exit }: ProcessExit) {
+        // An OOM kill signals the eventfd before the killed init is reaped: report it first.
+        if process == ProcessId::Init && self.oom.as_ref().is_some_and(|w| w.poll_now() > 0) {
+            self.publish_oom();
+        }
         if process == ProcessId::Init && !self.seq.init_exit_seen() && self.shares_pid_ns {
             // No private pid namespace: the kernel will not kill the rest (SPEC §2.5).
             let runtime = Arc::clone(&self.runtime);
@@ -745,6 +772,13 @@ impl Actor {
                 .map_err(RuntimeError::from);
             let _ = reply.send(r);
         });
+    }
+}
+
+async fn oom_wait(watch: Option<&OomWatch>) -> std::io::Result<u64> {
+    match watch {
+        Some(w) => w.wait().await,
+        None => std::future::pending().await,
     }
 }
 

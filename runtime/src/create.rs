@@ -13,6 +13,18 @@ use crate::mount::{self, MountSpec};
 use crate::oci::{read_pid_file, CreateOpts, Runtime};
 use crate::options::{validate_id, BundleSpec, RuncOptions};
 
+fn watch_oom(cgroup: &crate::cgroups::ContainerCgroup) -> Option<crate::oom::OomWatch> {
+    match cgroup {
+        crate::cgroups::ContainerCgroup::V1(paths) => {
+            let files = paths.oom_files()?;
+            crate::oom::OomWatch::v1(&files)
+                .map_err(|e| tracing::debug!(error = %e, "no oom notifications for this cgroup"))
+                .ok()
+        }
+        crate::cgroups::ContainerCgroup::V2(_) => None,
+    }
+}
+
 /// A decoded CreateTaskRequest.
 #[derive(Debug, Clone)]
 pub struct CreateParams {
@@ -144,6 +156,8 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
     event.io = protobuf::MessageField::some(container::task_io(&params.stdio));
     event.pid = pid;
 
+    // Watched from Create on (containerd 2.2+): an init OOM-killed right after start is seen.
+    let cgroup = crate::cgroups::ContainerCgroup::load(pid).ok();
     let handle = container::spawn(
         NewContainer {
             id: params.id.clone(),
@@ -156,7 +170,8 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
             shares_pid_ns: spec.shares_pid_namespace(),
             io_owner: (opts.io_uid, opts.io_gid),
             namespace: params.namespace.clone(),
-            cgroup: crate::cgroups::ContainerCgroup::load(pid).ok(),
+            oom: cgroup.as_ref().and_then(watch_oom),
+            cgroup,
             event,
         },
         subscription,

@@ -23,6 +23,7 @@ pub mod io;
 pub mod logger;
 pub mod mount;
 pub mod oci;
+pub mod oom;
 pub mod options;
 pub mod process;
 pub mod reaper;

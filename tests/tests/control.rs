@@ -189,3 +189,34 @@ async fn stats_report_the_container_cgroup() {
     assert_eq!(code_of(&e), Code::NOT_FOUND);
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+/// SPEC §4.7 no. 19: an OOM-killed init yields TaskOOM, before its TaskExit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kill_is_reported_before_the_exit() {
+    let env = TestEnv::new().await;
+    let id = "ctl-oom";
+    let bundle = env.bundle(id, &["sh", "-c", "x=0123456789; while true; do x=\"$x$x\"; done"], &[]);
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": 16_777_216}});
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let shim = env.start_shim(id, &bundle).await;
+    shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &id_req(|r: &mut api::StartRequest| r.id = id.into())).await.unwrap();
+    let w = tokio::time::timeout(
+        Duration::from_secs(60),
+        shim.client.wait(ctx(), &id_req(|r: &mut api::WaitRequest| r.id = id.into())),
+    )
+    .await
+    .expect("memory hog never died")
+    .unwrap();
+    assert_eq!(w.exit_status, 137);
+    shim.client.delete(ctx(), &id_req(|r: &mut api::DeleteRequest| r.id = id.into())).await.unwrap();
+    let events =
+        env.events.wait_for(Duration::from_secs(20), "delete", |e| e.iter().any(|r| r.topic == "/tasks/delete")).await;
+    let s = summarize(&events);
+    let oom = s.iter().position(|l| l == "oom").unwrap_or_else(|| panic!("no TaskOOM: {s:?}"));
+    let exit = s.iter().position(|l| l == &format!("exit {id} 137")).unwrap();
+    assert!(oom < exit, "TaskOOM before TaskExit: {s:?}");
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
