@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps build release lint test test-loom demo clean
+.PHONY: help deps build release lint test test-loom demo bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,6 +31,10 @@ test-loom: ## model-check the reaper's subscribe/route/claim protocol with loom
 demo: deps release ## build, start a private containerd with this shim, run containers and an exec storm
 	$(CARGO) build -p shim-tests --bin reap-run
 	target/debug/reap-run hack/demo.sh target/release
+
+bench: deps release ## benchmark against Debian's Go shim and bare runc (BENCH_QUICK=1: smoke run; env in hack/bench.sh)
+	$(CARGO) build -p shim-tests --bin reap-run
+	BENCH_COMMAND="make bench" target/debug/reap-run hack/bench.sh target/release
 
 clean:
 	$(CARGO) clean
