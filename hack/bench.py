@@ -42,6 +42,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -228,6 +229,10 @@ def mem_snapshot(pid):
             k, _, v = line.partition(":")
             if k == "VmRSS":
                 out["rss_kib"] = int(v.split()[0])
+            elif k == "RssAnon":
+                out["rss_anon_kib"] = int(v.split()[0])
+            elif k == "RssFile":
+                out["rss_file_kib"] = int(v.split()[0])
             elif k == "Threads":
                 out["threads"] = int(v.split()[0])
     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -1052,7 +1057,7 @@ class Report:
                                ratio(ours["p50_ms"], o["p50_ms"]), ratio(ours["p99_ms"], o["p99_ms"]),
                                ratio(ours["max_ms"], o["max_ms"]), ratio(ours["cpu"]["shim"], o["cpu"]["shim"])]
                     if o["stalled_reps"]:
-                        row[3] = f"{row[3]} ({self.labels[other]} stalled {o['stalled_reps']}/{o['reps']})"
+                        row[1] += f" ({self.labels[other]} stalled {o['stalled_reps']}/{o['reps']}; others only)"
                 lines.append("| " + " | ".join(f"*{x}*" if x else "" for x in row) + " |")
         return lines, agg
 
@@ -1088,8 +1093,9 @@ class Report:
         cols = ["", "metric"] + [self.labels[c] for c in names]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for key, title in phases:
-            for m, mt in (("rss_kib", "RSS MiB"), ("pss_kib", "PSS MiB"), ("threads", "threads"), ("fds", "fds"),
-                          ("zombies", "zombie children")):
+            for m, mt in (("rss_kib", "RSS MiB"), ("rss_anon_kib", "of which anonymous MiB"),
+                          ("rss_file_kib", "of which file-backed MiB (binary, libc)"), ("pss_kib", "PSS MiB"),
+                          ("threads", "threads"), ("fds", "fds"), ("zombies", "zombie children")):
                 row = [title, mt]
                 for c in names:
                     v = mem[c]["phases"].get(key, {}).get(m)
@@ -1223,8 +1229,9 @@ class Report:
                 if c == "go":
                     for kk, v in a["output"].items():
                         gtot[kk] = gtot.get(kk, 0) + v
-            gnote = (f"; Go shim: {gtot.get('lost', 0)} lost, {gtot.get('truncated', 0)} truncated, "
-                     f"{gtot.get('corrupted', 0)} corrupted of {sum(gtot.values())}") if gtot else ""
+            gnote = (f"; Go shim: {gtot.get('exact', 0)} exact, {gtot.get('lost', 0)} lost, "
+                     f"{gtot.get('truncated', 0)} truncated, {gtot.get('corrupted', 0)} corrupted, "
+                     f"{gtot.get('failed', 0)} failed or stalled") if gtot else ""
             add("zero lost or corrupted output", "met" if bad == 0 and not tot.get("failed") else "**not met**",
                 f"ours: {tot.get('exact', 0)} exact, {tot.get('lost', 0)} lost, {tot.get('truncated', 0)} truncated, "
                 f"{tot.get('corrupted', 0)} corrupted, {tot.get('failed', 0)} failed{gnote}")
@@ -1234,7 +1241,7 @@ class Report:
         m, cfg = self.meta, self.cfg
         L = [f"### Results of {m['date']}", "",
              f"Machine: {m['machine']}. Load average before/after: {m['loadavg_before']} / "
-             f"{m.get('loadavg_after', '?')}. Shim: `{m['shim']}` (sha256 {m['shim_sha256'][:12]}, "
+             f"{m.get('loadavg_after', '?')}. Command: `{m['command']}`. Shim: `{m['shim']}` (sha256 {m['shim_sha256'][:12]}, "
              f"git {m['git']}). Run took {m.get('duration_s', 0) / 60:.1f} min.", "",
              f"Config: N = {', '.join(map(str, cfg['n']))}; {cfg['reps']} repetition(s), contestants "
              f"interleaved (order rotated each repetition); lifecycle {cfg['seq']} sequential and {cfg['conc']} "
@@ -1249,7 +1256,7 @@ class Report:
               "Median over repetitions (max ms: worst of all; p99/p50: worst repetition). Latency = wall time of "
               "each ctr (runc) process; execs/s = N / (first start to last exit). CPU per exec: shim and "
               "containerd from /proc/PID/task/*/schedstat; runc = the shim's cutime+cstime (every runc call and "
-              "the exec'd `true`; for the floor: rusage of the runc processes); ctr = rusage of the ctr "
+              "the exec'd `true`, in 10 ms ticks, so coarse at N=1; for the floor: rusage of the runc processes); ctr = rusage of the ctr "
               "processes; other = machine busy time (/proc/stat) minus all that (noise). Ratio rows "
               "(*italic*): ours ÷ other; > 1 is better for execs/s, < 1 is better for times and CPU.", ""]
         L += storm_lines + [""]
@@ -1344,7 +1351,7 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
-    envs = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+    envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
                     if k.startswith("BENCH_") and k not in ("BENCH_OUT", "BENCH_COMMAND") and v != "")
     args.command = f"{envs} {args.command}".strip()
     meta = machine_meta(args, cfg)
