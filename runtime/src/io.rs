@@ -159,6 +159,18 @@ fn chown_fd(fd: &OwnedFd, uid: u32, gid: u32, path: &str) -> Result<(), IoError>
     })
 }
 
+/// Makes the stdout and stderr pipes of a logged process: the write ends (owned by `uid`/`gid`)
+/// go into `rt` for the runtime, the read ends are returned for the logger.
+fn output_pipes(rt: &mut RuntimeStdio, what: &str, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), IoError> {
+    let (out_r, out_w) = make_pipe(what)?;
+    let (err_r, err_w) = make_pipe(what)?;
+    chown_fd(&out_w, uid, gid, what)?;
+    chown_fd(&err_w, uid, gid, what)?;
+    rt.stdout = Some(out_w);
+    rt.stderr = Some(err_w);
+    Ok((out_r, err_r))
+}
+
 async fn copy<R, W>(mut from: R, mut to: W, stream: &'static str)
 where
     R: AsyncRead + Unpin,
@@ -207,14 +219,9 @@ impl ProcessIo {
         let file = Arc::new(file);
         let mut io = ProcessIo::default();
         let mut rt = RuntimeStdio::default();
-        let (out_r, out_w) = make_pipe(&shown)?;
-        let (err_r, err_w) = make_pipe(&shown)?;
-        chown_fd(&out_w, uid, gid, &shown)?;
-        chown_fd(&err_w, uid, gid, &shown)?;
+        let (out_r, err_r) = output_pipes(&mut rt, &shown, uid, gid)?;
         io.outputs.push(tokio::spawn(logger::copy_to_file(out_r, Arc::clone(&file))));
         io.outputs.push(tokio::spawn(logger::copy_to_file(err_r, file)));
-        rt.stdout = Some(out_w);
-        rt.stderr = Some(err_w);
         Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
         Ok((io, rt))
     }
@@ -231,16 +238,11 @@ impl ProcessIo {
         let shown = program.display().to_string();
         let mut io = ProcessIo::default();
         let mut rt = RuntimeStdio::default();
-        let (out_r, out_w) = make_pipe(&shown)?;
-        let (err_r, err_w) = make_pipe(&shown)?;
-        chown_fd(&out_w, uid, gid, &shown)?;
-        chown_fd(&err_w, uid, gid, &shown)?;
+        let (out_r, err_r) = output_pipes(&mut rt, &shown, uid, gid)?;
         let logger = BinaryLogger::start(ctx.reaper, program, args, ctx.container_id, ctx.namespace, out_r, err_r)
             .await
             .map_err(|e| IoError::Open { what: "start logging binary", path: shown, source: e })?;
         io.logger = Some(logger);
-        rt.stdout = Some(out_w);
-        rt.stderr = Some(err_w);
         Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
         Ok((io, rt))
     }
