@@ -413,3 +413,80 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|m| m.starts_with(&d))
         .collect()
 }
+
+/// Task API requests for a container `id` and an exec id (empty for the init).
+pub mod req {
+    use containerd_shim_protos::api;
+    use protobuf::well_known_types::any::Any;
+
+    /// An OCI process spec running `args` as root with PATH=/bin, as the `Any` Exec carries.
+    pub fn process_spec(args: &[&str]) -> Any {
+        let spec = serde_json::json!({
+            "terminal": false, "user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/",
+        });
+        let mut any = Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+        any.value = serde_json::to_vec(&spec).unwrap();
+        any
+    }
+
+    /// Exec request running `args`.
+    pub fn exec(id: &str, exec_id: &str, args: &[&str]) -> api::ExecProcessRequest {
+        let mut m = api::ExecProcessRequest::new();
+        m.id = id.into();
+        m.exec_id = exec_id.into();
+        m.spec = protobuf::MessageField::some(process_spec(args));
+        m
+    }
+
+    /// Start request.
+    pub fn start(id: &str, exec_id: &str) -> api::StartRequest {
+        let mut m = api::StartRequest::new();
+        m.id = id.into();
+        m.exec_id = exec_id.into();
+        m
+    }
+
+    /// Wait request.
+    pub fn wait(id: &str, exec_id: &str) -> api::WaitRequest {
+        let mut m = api::WaitRequest::new();
+        m.id = id.into();
+        m.exec_id = exec_id.into();
+        m
+    }
+
+    /// State request.
+    pub fn state(id: &str, exec_id: &str) -> api::StateRequest {
+        let mut m = api::StateRequest::new();
+        m.id = id.into();
+        m.exec_id = exec_id.into();
+        m
+    }
+
+    /// Delete request.
+    pub fn delete(id: &str, exec_id: &str) -> api::DeleteRequest {
+        let mut m = api::DeleteRequest::new();
+        m.id = id.into();
+        m.exec_id = exec_id.into();
+        m
+    }
+
+    /// Kill request with `signal`.
+    pub fn kill(id: &str, exec_id: &str, signal: u32) -> api::KillRequest {
+        let mut m = api::KillRequest::new();
+        m.id = id.into();
+        m.exec_id = exec_id.into();
+        m.signal = signal;
+        m
+    }
+
+    /// ResizePty request.
+    pub fn resize(id: &str, exec_id: &str, width: u32, height: u32) -> api::ResizePtyRequest {
+        let mut m = api::ResizePtyRequest::new();
+        m.id = id.into();
+        m.exec_id = exec_id.into();
+        m.width = width;
+        m.height = height;
+        m
+    }
+}

@@ -7,59 +7,11 @@ use std::time::Duration;
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit};
 use containerd_shim_protos::types::task::Status;
-use protobuf::well_known_types::any::Any;
+use shim_tests::req::{delete as delete_req, exec as exec_req, kill as kill_req, start as start_req, wait as wait_req};
 use shim_tests::*;
 use ttrpc::Code;
 
 const EVENT_WAIT: Duration = Duration::from_secs(60);
-
-fn process_spec(args: &[&str]) -> Any {
-    let spec = serde_json::json!({
-        "terminal": false, "user": {"uid": 0, "gid": 0}, "args": args,
-        "env": ["PATH=/bin", "SECRET_TOKEN=do-not-log"], "cwd": "/",
-    });
-    let mut any = Any::new();
-    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
-    any.value = serde_json::to_vec(&spec).unwrap();
-    any
-}
-
-fn exec_req(id: &str, exec_id: &str, args: &[&str]) -> api::ExecProcessRequest {
-    let mut r = api::ExecProcessRequest::new();
-    r.id = id.into();
-    r.exec_id = exec_id.into();
-    r.spec = protobuf::MessageField::some(process_spec(args));
-    r
-}
-
-fn start_req(id: &str, exec_id: &str) -> api::StartRequest {
-    let mut r = api::StartRequest::new();
-    r.id = id.into();
-    r.exec_id = exec_id.into();
-    r
-}
-
-fn wait_req(id: &str, exec_id: &str) -> api::WaitRequest {
-    let mut r = api::WaitRequest::new();
-    r.id = id.into();
-    r.exec_id = exec_id.into();
-    r
-}
-
-fn delete_req(id: &str, exec_id: &str) -> api::DeleteRequest {
-    let mut r = api::DeleteRequest::new();
-    r.id = id.into();
-    r.exec_id = exec_id.into();
-    r
-}
-
-fn kill_req(id: &str, exec_id: &str, signal: u32) -> api::KillRequest {
-    let mut r = api::KillRequest::new();
-    r.id = id.into();
-    r.exec_id = exec_id.into();
-    r.signal = signal;
-    r
-}
 
 async fn running_container(env: &TestEnv, id: &str) -> Shim {
     let bundle = env.bundle(id, &["sleep", "1000"], &[]);

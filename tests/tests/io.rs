@@ -4,38 +4,8 @@
 use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api;
-use protobuf::well_known_types::any::Any;
+use shim_tests::req::{delete, exec as exec_req, start, wait};
 use shim_tests::*;
-
-fn start(id: &str, e: &str) -> api::StartRequest {
-    let mut m = api::StartRequest::new();
-    m.id = id.into();
-    m.exec_id = e.into();
-    m
-}
-fn wait(id: &str, e: &str) -> api::WaitRequest {
-    let mut m = api::WaitRequest::new();
-    m.id = id.into();
-    m.exec_id = e.into();
-    m
-}
-fn delete(id: &str, e: &str) -> api::DeleteRequest {
-    let mut m = api::DeleteRequest::new();
-    m.id = id.into();
-    m.exec_id = e.into();
-    m
-}
-fn exec_req(id: &str, exec_id: &str, args: &[&str]) -> api::ExecProcessRequest {
-    let spec = serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"});
-    let mut any = Any::new();
-    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
-    any.value = serde_json::to_vec(&spec).unwrap();
-    let mut r = api::ExecProcessRequest::new();
-    r.id = id.into();
-    r.exec_id = exec_id.into();
-    r.spec = protobuf::MessageField::some(any);
-    r
-}
 
 async fn run_to_exit(env: &TestEnv, id: &str, args: &[&str], stdout: &str, stderr: &str) -> u32 {
     let bundle = env.bundle(id, args, &[]);

@@ -6,63 +6,11 @@ use std::time::Duration;
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit};
 use containerd_shim_protos::types::task::Status;
-use protobuf::well_known_types::any::Any;
+use shim_tests::req::{delete, exec, kill, start, state, wait};
 use shim_tests::*;
 use ttrpc::Code;
 
 const EVENT_WAIT: Duration = Duration::from_secs(30);
-
-fn process_spec(args: &[&str]) -> Any {
-    let spec = serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"});
-    let mut any = Any::new();
-    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
-    any.value = serde_json::to_vec(&spec).unwrap();
-    any
-}
-
-fn req<M: protobuf::Message + Default>(id: &str, exec_id: &str, set: impl FnOnce(&mut M, &str, &str)) -> M {
-    let mut m = M::default();
-    set(&mut m, id, exec_id);
-    m
-}
-fn start(id: &str, e: &str) -> api::StartRequest {
-    req(id, e, |m: &mut api::StartRequest, i, e| {
-        m.id = i.into();
-        m.exec_id = e.into();
-    })
-}
-fn wait(id: &str, e: &str) -> api::WaitRequest {
-    req(id, e, |m: &mut api::WaitRequest, i, e| {
-        m.id = i.into();
-        m.exec_id = e.into();
-    })
-}
-fn state(id: &str, e: &str) -> api::StateRequest {
-    req(id, e, |m: &mut api::StateRequest, i, e| {
-        m.id = i.into();
-        m.exec_id = e.into();
-    })
-}
-fn delete(id: &str, e: &str) -> api::DeleteRequest {
-    req(id, e, |m: &mut api::DeleteRequest, i, e| {
-        m.id = i.into();
-        m.exec_id = e.into();
-    })
-}
-fn kill(id: &str, e: &str, sig: u32) -> api::KillRequest {
-    req(id, e, |m: &mut api::KillRequest, i, e| {
-        m.id = i.into();
-        m.exec_id = e.into();
-        m.signal = sig;
-    })
-}
-fn exec(id: &str, e: &str, args: &[&str]) -> api::ExecProcessRequest {
-    let mut m = api::ExecProcessRequest::new();
-    m.id = id.into();
-    m.exec_id = e.into();
-    m.spec = protobuf::MessageField::some(process_spec(args));
-    m
-}
 
 async fn teardown(shim: &Shim, id: &str) {
     let _ = shim.client.kill(ctx(), &kill(id, "", 9)).await;

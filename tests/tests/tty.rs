@@ -5,35 +5,9 @@ use std::time::Duration;
 
 use containerd_shim_protos::api;
 use protobuf::well_known_types::any::Any;
+use shim_tests::req::{delete, resize, start, wait};
 use shim_tests::*;
 use tokio::io::AsyncWriteExt;
-
-fn start(id: &str, e: &str) -> api::StartRequest {
-    let mut m = api::StartRequest::new();
-    m.id = id.into();
-    m.exec_id = e.into();
-    m
-}
-fn wait(id: &str, e: &str) -> api::WaitRequest {
-    let mut m = api::WaitRequest::new();
-    m.id = id.into();
-    m.exec_id = e.into();
-    m
-}
-fn delete(id: &str, e: &str) -> api::DeleteRequest {
-    let mut m = api::DeleteRequest::new();
-    m.id = id.into();
-    m.exec_id = e.into();
-    m
-}
-fn resize(id: &str, e: &str, width: u32, height: u32) -> api::ResizePtyRequest {
-    let mut m = api::ResizePtyRequest::new();
-    m.id = id.into();
-    m.exec_id = e.into();
-    m.width = width;
-    m.height = height;
-    m
-}
 
 /// Fds of `pid` that point at a pty (`/dev/ptmx` or `/dev/pts/*`).
 fn pty_fds(pid: u32) -> usize {
