@@ -415,6 +415,9 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// Task API requests for a container `id` and an exec id (empty for the init).
+/// A private real containerd for end-to-end tests.
+pub mod containerd;
+
 pub mod req {
     use containerd_shim_protos::api;
     use protobuf::well_known_types::any::Any;

@@ -1,0 +1,118 @@
+//! A private, real containerd (Debian's package) for end-to-end tests with `ctr`, using the
+//! built shim as `containerd-shim-runc-v2` (hack/containerd-up.sh puts its directory first in PATH).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::shim_binary;
+
+pub const IMAGE: &str = "docker.io/library/shimtest:latest";
+pub const NS: &str = "e2e";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A private containerd; stopped and cleaned up (hack/containerd-down.sh) on drop.
+pub struct Containerd {
+    pub tmp: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        let tmp = PathBuf::from(format!("/tmp/e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        let c = Containerd { dir: tmp.join("c"), tmp };
+        let shim_dir = shim_binary().parent().unwrap().to_path_buf();
+        run_ok(Command::new(repo().join("hack/mkimage.sh")).arg(c.tmp.join("image.tar")));
+        let mut up = Command::new(repo().join("hack/containerd-up.sh"));
+        up.arg(&c.dir);
+        // E2E_GO_SHIM=1 runs the same test against the system (Go) shim, for comparison.
+        if std::env::var("E2E_GO_SHIM").is_err() {
+            up.arg(&shim_dir);
+        }
+        run_ok(&mut up);
+        run_ok(&mut c.ctr(&["images", "import", c.tmp.join("image.tar").to_str().unwrap()]));
+        c
+    }
+
+    pub fn socket(&self) -> String {
+        self.dir.join("containerd.sock").display().to_string()
+    }
+
+    /// `ctr` against this containerd in namespace NS, bounded by `timeout`.
+    pub fn ctr(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "5", "120", "ctr", "-a", &self.socket(), "-n", NS]).args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run_args<'a>(&'a self, runc_root: &'a str, fifo: &'a str) -> Vec<&'a str> {
+        vec!["run", "--runc-root", runc_root, "--fifo-dir", fifo]
+    }
+
+    pub fn tasks(&self) -> String {
+        String::from_utf8(run_ok(&mut self.ctr(&["tasks", "ls"])).stdout).unwrap()
+    }
+
+    pub fn wait_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.tasks().lines().any(|l| l.starts_with(id) && l.contains(status)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{id} never reached {status}: {}", self.tasks());
+    }
+
+    /// Pids of shim processes serving this containerd.
+    pub fn shims(&self) -> Vec<u32> {
+        let needle = format!("-address\0{}\0", self.socket());
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let out = Command::new(repo().join("hack/containerd-down.sh")).arg(&self.dir).output();
+        if let Ok(o) = out {
+            if !o.status.success() {
+                eprintln!("containerd-down failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// CPU time (ns) of all threads of `pid`, from schedstat.
+pub fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
