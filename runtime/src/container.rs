@@ -803,14 +803,15 @@ async fn run_exec(
 ) -> Result<(u32, ProcessIo)> {
     let id = ctx.container_id;
     let (prepared, rt_stdio) = ProcessIo::prepare(stdio, uid, gid, ctx).await?;
-    let process_file = bundle.join(format!(".{exec_id}.process.json"));
     let pid_file = bundle.join(format!("{exec_id}.pid"));
     let bytes =
         serde_json::to_vec(spec).map_err(|e| RuntimeError::InvalidArgument { field: "spec", reason: e.to_string() })?;
-    std::fs::write(&process_file, bytes)
-        .map_err(|e| RuntimeError::Sys { what: format!("write {}", process_file.display()), source: e })?;
-    let r = runtime.exec(id, bundle, &process_file, &pid_file, prepared.console_socket(), rt_stdio).await;
-    let _ = std::fs::remove_file(&process_file);
+    // The process spec goes to runc through an anonymous memory file, not a file in the bundle:
+    // no inode to create and unlink on the bundle's filesystem per exec.
+    let process_file = crate::oci::MemFile::new(c"runc-process", &bytes)
+        .map_err(|e| RuntimeError::Sys { what: "process spec memfd".into(), source: e })?;
+    let r = runtime.exec(id, bundle, &process_file.path(), &pid_file, prepared.console_socket(), rt_stdio).await;
+    drop(process_file);
     r?;
     let io = prepared.finish(stdio).await?;
     let pid = read_pid_file(&pid_file)?;

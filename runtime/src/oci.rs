@@ -14,7 +14,6 @@ use std::process::{Command, Stdio};
 use tokio::io::AsyncReadExt;
 
 use crate::reaper::Reaper;
-use crate::sys;
 
 /// Errors of the OCI runtime layer.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +151,10 @@ impl Runtime {
             cmd.arg("--systemd-cgroup");
         }
         cmd.env_remove("NOTIFY_SOCKET");
-        sys::kill_on_parent_death(&mut cmd);
+        // No pre-exec hook (the Go shim sets Pdeathsig): without one, std spawns with
+        // posix_spawn, i.e. vfork, instead of copying the shim's page tables per runc call. A
+        // runc left running by a dying shim finishes its one command and exits; the container's
+        // processes are cleaned up by `shim delete` (kill --all, runc delete --force) either way.
         cmd
     }
 
@@ -342,6 +344,31 @@ impl Runtime {
             .await?;
         let pids: Option<Vec<u32>> = serde_json::from_slice(&out).ok();
         pids.ok_or_else(|| OciError::Failed { op: "ps", message: "unparsable output".into() })
+    }
+}
+
+/// Bytes readable by a child through a path, without a file on any disk: a `memfd`
+/// reached as `/proc/<shim pid>/fd/<n>` (opening that path gives a fresh open file
+/// description at offset 0). The memory is released on drop.
+#[derive(Debug)]
+pub struct MemFile {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl MemFile {
+    /// A memory file holding `bytes`; `name` only shows in `/proc/*/fd` links.
+    pub fn new(name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<MemFile> {
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).map_err(std::io::Error::from)?;
+        let mut file = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut file, bytes)?;
+        Ok(MemFile { fd: file.into() })
+    }
+
+    /// The path another process of the same user opens to read the bytes.
+    pub fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd()))
     }
 }
 

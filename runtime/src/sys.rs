@@ -1,7 +1,7 @@
 //! Every `unsafe` of the runtime crate lives here, each block with the reason it is sound.
 //!
 //! Syscalls the rest of the crate needs and that `nix`/`std` do not offer safely: the child
-//! subreaper bit, the parent-death signal of spawned runtimes, and adopting inherited fds.
+//! subreaper bit, fd passing to children, and adopting inherited fds.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -13,22 +13,6 @@ use std::process::Command;
 /// container processes reparent to the shim when their `runc` parent exits.
 pub fn set_child_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
-}
-
-/// Arranges for `cmd`'s child to get SIGKILL when the thread that spawned it dies, as the Go
-/// shim does for runc (`Pdeathsig`). Spawn from a long-lived thread: the signal is tied to the
-/// forking *thread*.
-pub fn kill_on_parent_death(cmd: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2), which
-    // is async-signal-safe; it touches no memory of the parent and allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Takes ownership of an fd this process inherited from its parent (the listener on fd 3).
