@@ -317,6 +317,11 @@ impl TestEnv {
         cmd
     }
 
+    /// Records a shim daemon (pid, socket path) for cleanup, for shims started by hand.
+    pub fn track_shim(&self, pid: u32, socket: &Path) {
+        self.shims.lock().unwrap().push((pid, socket.to_owned()));
+    }
+
     /// Records a container for cleanup (for containers created in a shim started elsewhere).
     pub fn track_container(&self, id: &str, bundle: &Path) {
         self.containers.lock().unwrap().push((id.to_owned(), bundle.to_owned()));
