@@ -21,7 +21,9 @@ fn watch_oom(cgroup: &crate::cgroups::ContainerCgroup) -> Option<crate::oom::Oom
                 .map_err(|e| tracing::debug!(error = %e, "no oom notifications for this cgroup"))
                 .ok()
         }
-        crate::cgroups::ContainerCgroup::V2(_) => None,
+        crate::cgroups::ContainerCgroup::V2(dir) => crate::oom::OomWatch::v2(dir)
+            .map_err(|e| tracing::debug!(error = %e, "no oom notifications for this cgroup"))
+            .ok(),
     }
 }
 
