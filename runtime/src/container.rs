@@ -81,6 +81,7 @@ enum Msg {
     Pause { reply: Reply<()> },
     Resume { reply: Reply<()> },
     Update { resources: Vec<u8>, reply: Reply<()> },
+    Checkpoint { opts: crate::oci::CheckpointOpts, reply: Reply<()> },
     Paused { pause: bool, result: Result<()>, reply: Reply<()> },
     // Completions of the actor's own child tasks.
     InitStarted { result: Result<()>, reply: Reply<u32> },
@@ -160,6 +161,11 @@ impl ContainerHandle {
     /// Applies LinuxResources (JSON) with `runc update`.
     pub async fn update(&self, resources: Vec<u8>) -> Result<()> {
         self.call(|reply| Msg::Update { resources, reply }).await
+    }
+
+    /// Checkpoints the init (`runc checkpoint`; see [`crate::checkpoint`]).
+    pub async fn checkpoint(&self, opts: crate::oci::CheckpointOpts) -> Result<()> {
+        self.call(|reply| Msg::Checkpoint { opts, reply }).await
     }
 
     /// Resizes a process's terminal (a no-op without one).
@@ -445,6 +451,7 @@ impl Actor {
             Msg::Resume { reply } => self.pause(false, reply),
             Msg::Paused { pause, result, reply } => self.paused(pause, result, reply),
             Msg::Update { resources, reply } => self.update(resources, reply),
+            Msg::Checkpoint { opts, reply } => self.checkpoint(opts, reply),
             Msg::InitStarted { result, reply } => self.init_started(result, reply),
             Msg::ExecStarted { exec_id, result, reply } => self.exec_started(exec_id, result, reply),
             Msg::InitDeleted { result, reply } => return self.init_deleted(result, reply),
@@ -509,6 +516,17 @@ impl Actor {
         let (runtime, id, bundle) = (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone());
         self.tasks.spawn(async move {
             let _ = reply.send(runtime.update(&id, &bundle, resources).await.map_err(RuntimeError::from));
+        });
+    }
+
+    fn checkpoint(&mut self, opts: crate::oci::CheckpointOpts, reply: Reply<()>) {
+        if let Err(e) = self.init.state.can_checkpoint() {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        let (runtime, id, bundle) = (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone());
+        self.tasks.spawn(async move {
+            let _ = reply.send(crate::checkpoint::checkpoint(&runtime, &id, &bundle, opts).await);
         });
     }
 

@@ -98,6 +98,27 @@ pub struct CreateOpts {
     pub console_socket: Option<PathBuf>,
 }
 
+/// Options of `runc checkpoint` (containerd's `CheckpointOptions` plus the paths).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckpointOpts {
+    /// `--image-path`: where CRIU writes the images.
+    pub image_path: PathBuf,
+    /// `--work-path`: CRIU's logs and work files.
+    pub work_path: PathBuf,
+    /// Stop the container after the dump (otherwise `--leave-running`).
+    pub exit: bool,
+    /// `--tcp-established`
+    pub open_tcp: bool,
+    /// `--ext-unix-sk`
+    pub external_unix_sockets: bool,
+    /// `--shell-job`
+    pub terminal: bool,
+    /// `--file-locks`
+    pub file_locks: bool,
+    /// `--empty-ns` for each.
+    pub empty_namespaces: Vec<String>,
+}
+
 /// One OCI runtime configuration (binary, state root, cgroup driver).
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -327,6 +348,34 @@ impl Runtime {
     pub async fn update(&self, id: &str, bundle: &Path, resources: Vec<u8>) -> Result<(), OciError> {
         let args = vec!["update".into(), "--resources".into(), "-".into(), id.into()];
         self.run("update", Some(&bundle.join("log.json")), args, None, Some(resources)).await.map(|_| ())
+    }
+
+    /// `runc checkpoint` with the flags of `opts` (go-runc's order).
+    pub async fn checkpoint(&self, id: &str, bundle: &Path, opts: &CheckpointOpts) -> Result<(), OciError> {
+        let mut args: Vec<OsString> = vec!["checkpoint".into()];
+        args.push("--image-path".into());
+        args.push(opts.image_path.clone().into());
+        args.push("--work-path".into());
+        args.push(opts.work_path.clone().into());
+        for (on, flag) in [
+            (opts.open_tcp, "--tcp-established"),
+            (opts.external_unix_sockets, "--ext-unix-sk"),
+            (opts.terminal, "--shell-job"),
+            (opts.file_locks, "--file-locks"),
+        ] {
+            if on {
+                args.push(flag.into());
+            }
+        }
+        for ns in &opts.empty_namespaces {
+            args.push("--empty-ns".into());
+            args.push(ns.into());
+        }
+        if !opts.exit {
+            args.push("--leave-running".into());
+        }
+        args.push(id.into());
+        self.run("checkpoint", Some(&bundle.join("log.json")), args, None, None).await.map(|_| ())
     }
 
     /// `runc ps --format json`: the pids in the container's cgroup.
