@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, RuntimeError};
-use crate::oci::{CheckpointOpts, OciError, Runtime};
+use crate::oci::{CheckpointOpts, OciError, RestoreOpts, Runtime, RuntimeStdio};
 
 /// Where the Go shim copies CRIU's dump log on failure.
 pub const DUMP_LOG: &str = "criu-dump.log";
@@ -28,7 +28,7 @@ pub async fn checkpoint(runtime: &Runtime, id: &str, bundle: &Path, mut opts: Ch
         opts.work_path = work_parent.join("criu-work");
     }
     let result = runtime.checkpoint(id, bundle, &opts).await;
-    let result = result.map_err(|e| explain(e, bundle, &opts.work_path));
+    let result = result.map_err(|e| explain(e, bundle, &opts.work_path, "dump.log", DUMP_LOG));
     if temporary {
         let _ = std::fs::remove_dir_all(&opts.work_path);
         if made_parent {
@@ -38,11 +38,39 @@ pub async fn checkpoint(runtime: &Runtime, id: &str, bundle: &Path, mut opts: Ch
     result
 }
 
+/// Restores `id` from the images in `image` (`runc restore`), with the init's stdio. The work
+/// dir is `criu_work_path`, else `<bundle>/work` (containerd's link to the shim's work dir;
+/// made and removed here when it is missing). A failure quotes CRIU's errors and leaves its
+/// log in `<bundle>/criu-restore.log`.
+pub async fn restore(
+    runtime: &Runtime,
+    id: &str,
+    bundle: &Path,
+    pid_file: &Path,
+    mut opts: RestoreOpts,
+    stdio: RuntimeStdio,
+    criu_work_path: &str,
+) -> Result<()> {
+    opts.work_path = restore_work_path(bundle, criu_work_path);
+    let made = !opts.work_path.exists();
+    let result = runtime
+        .restore(id, bundle, pid_file, &opts, stdio)
+        .await
+        .map_err(|e| explain(e, bundle, &opts.work_path, "restore.log", RESTORE_LOG));
+    if made {
+        let _ = std::fs::remove_dir_all(&opts.work_path);
+    }
+    result
+}
+
+/// Where a failed restore's CRIU log is copied.
+pub const RESTORE_LOG: &str = "criu-restore.log";
+
 /// Adds CRIU's own error lines and the copied log's path to a failed checkpoint's error.
-fn explain(e: OciError, bundle: &Path, work: &Path) -> RuntimeError {
+fn explain(e: OciError, bundle: &Path, work: &Path, log: &str, copy_to: &str) -> RuntimeError {
     let OciError::Failed { op, message } = e else { return e.into() };
-    let dump = bundle.join(DUMP_LOG);
-    let copied = std::fs::copy(work.join("dump.log"), &dump).is_ok();
+    let dump = bundle.join(copy_to);
+    let copied = std::fs::copy(work.join(log), &dump).is_ok();
     let criu = if copied { criu_errors(&std::fs::read_to_string(&dump).unwrap_or_default()) } else { Vec::new() };
     // runc's text ends with "log file: <work>/dump.log", which is removed: name the copy instead.
     let mut message = if copied { message.lines().next().unwrap_or_default().to_owned() } else { message };

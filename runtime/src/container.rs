@@ -220,6 +220,8 @@ pub struct NewContainer {
     pub io: ProcessIo,
     /// Whether rootfs mounts were made and must be unmounted on delete.
     pub rootfs_mounted: bool,
+    /// Whether the init was restored from a checkpoint (already running: Start runs nothing).
+    pub restored: bool,
     /// Whether the container lacks a private pid namespace.
     pub shares_pid_ns: bool,
     /// IoUid/IoGid for exec pipes.
@@ -245,6 +247,7 @@ struct Actor {
     init: Proc,
     execs: HashMap<String, Proc>,
     rootfs_mounted: bool,
+    restored: bool,
     shares_pid_ns: bool,
     io_owner: (u32, u32),
     namespace: String,
@@ -269,6 +272,7 @@ pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> C
         init: Proc::new(State::Created, new.pid, new.stdio, Some(new.io)),
         execs: HashMap::new(),
         rootfs_mounted: new.rootfs_mounted,
+        restored: new.restored,
         shares_pid_ns: new.shares_pid_ns,
         io_owner: new.io_owner,
         namespace: new.namespace,
@@ -546,8 +550,9 @@ impl Actor {
         self.init.starting = true;
         let (runtime, id, bundle, tx) =
             (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone(), self.self_tx.clone());
+        let restored = self.restored;
         self.tasks.spawn(async move {
-            let result = runtime.start(&id, &bundle).await.map_err(RuntimeError::from);
+            let result = if restored { Ok(()) } else { runtime.start(&id, &bundle).await.map_err(RuntimeError::from) };
             let _ = tx.send(Msg::InitStarted { result, reply });
         });
     }

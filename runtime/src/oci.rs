@@ -119,6 +119,19 @@ pub struct CheckpointOpts {
     pub empty_namespaces: Vec<String>,
 }
 
+/// Options of `runc restore`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RestoreOpts {
+    /// `--image-path`: the checkpoint images.
+    pub image_path: PathBuf,
+    /// `--work-path`: CRIU's logs.
+    pub work_path: PathBuf,
+    /// `--no-pivot`
+    pub no_pivot: bool,
+    /// `--console-socket`
+    pub console_socket: Option<PathBuf>,
+}
+
 /// One OCI runtime configuration (binary, state root, cgroup driver).
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -376,6 +389,40 @@ impl Runtime {
         }
         args.push(id.into());
         self.run("checkpoint", Some(&bundle.join("log.json")), args, None, None).await.map(|_| ())
+    }
+
+    /// `runc restore --detach --no-subreaper` (go-runc's order). The init's pid is in
+    /// `pid_file` afterwards; `stdio` becomes its stdio, as for create.
+    pub async fn restore(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        opts: &RestoreOpts,
+        stdio: RuntimeStdio,
+    ) -> Result<(), OciError> {
+        let mut args: Vec<OsString> = vec![
+            "restore".into(),
+            "--image-path".into(),
+            opts.image_path.clone().into(),
+            "--work-path".into(),
+            opts.work_path.clone().into(),
+            "--detach".into(),
+            "--pid-file".into(),
+            pid_file.into(),
+        ];
+        if opts.no_pivot {
+            args.push("--no-pivot".into());
+        }
+        args.push("--no-subreaper".into());
+        if let Some(s) = &opts.console_socket {
+            args.push("--console-socket".into());
+            args.push(s.into());
+        }
+        args.push("--bundle".into());
+        args.push(bundle.into());
+        args.push(id.into());
+        self.run("restore", Some(&bundle.join("log.json")), args, Some(stdio), None).await.map(|_| ())
     }
 
     /// `runc ps --format json`: the pids in the container's cgroup.

@@ -110,3 +110,104 @@ async fn failed_checkpoint_is_clear_and_leaves_the_container_running() {
     assert!(!env.runc_root().join(NAMESPACE).join(id).exists(), "runc state left");
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_restore_is_clear_and_leaves_nothing() {
+    let env = TestEnv::new().await;
+    let id = "ckpt-restore";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    // Images CRIU cannot use (it cannot run at all on this kernel; elsewhere it would refuse
+    // images without inventory). runc itself first reads the stdio it recorded at dump.
+    let image = env.dir.join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(image.join("descriptors.json"), r#"["/dev/null","pipe:[1]","pipe:[2]"]"#).unwrap();
+    let before: Vec<String> = files_under(&bundle);
+    let mut req = env.create_request(id, &bundle);
+    req.checkpoint = image.display().to_string();
+    let e = shim.client.create(ctx(), &req).await.unwrap_err();
+    assert_eq!(code_of(&e), Code::UNKNOWN, "{e:?}");
+    let msg = match &e {
+        ttrpc::Error::RpcStatus(s) => s.message.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(msg.starts_with("OCI runtime restore failed: "), "{msg}");
+    assert!(msg.contains("criu: Error ("), "CRIU's own message: {msg}");
+    let log = bundle.join("criu-restore.log");
+    assert!(msg.contains(&format!("path= {}", log.display())), "{msg}");
+    // Nothing left: no runtime state, no mount, no work dir; only the CRIU log (and the
+    // options files every Create writes) were added to the bundle.
+    assert!(!env.runc_root().join(NAMESPACE).join(id).exists(), "runc state left");
+    assert!(mounts_under(&bundle).is_empty(), "rootfs still mounted");
+    assert!(!bundle.join("work").exists(), "work dir left");
+    let added: Vec<String> = files_under(&bundle).into_iter().filter(|f| !before.contains(f)).collect();
+    let expected: Vec<String> = ["criu-restore.log", "log.json", "options.json", "runtime"]
+        .iter()
+        .map(|f| bundle.join(f).display().to_string())
+        .collect();
+    let mut sorted = added.clone();
+    sorted.sort();
+    assert!(sorted.iter().all(|f| expected.contains(f)), "unexpected files: {sorted:?}");
+    assert!(sorted.contains(&log.display().to_string()));
+    // Nothing was published, and the id is free again: a plain create works.
+    assert_eq!(code_of(&shim.client.state(ctx(), &state_req(id, "")).await.unwrap_err()), Code::NOT_FOUND);
+    let created = shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &start_req(id, "")).await.unwrap();
+    assert!(alive(created.pid));
+    shim.client.kill(ctx(), &kill_req(id, "", 9)).await.unwrap();
+    shim.client.wait(ctx(), &wait_req(id, "")).await.unwrap();
+    shim.client.delete(ctx(), &delete_req(id, "")).await.unwrap();
+    let events = env
+        .events
+        .wait_for(std::time::Duration::from_secs(20), "delete", |e| e.iter().any(|r| r.topic == "/tasks/delete"))
+        .await;
+    assert_eq!(summarize(&events), vec!["create", "start", &format!("exit {id} 137"), "delete"]);
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
+
+/// The restore path with CRIU faked (hack/fake-runc `restore:create-start` turns the restore
+/// into create + start and records its arguments): Create restores, Start runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_on_create_then_start_runs_nothing() {
+    let mut env = TestEnv::new().await;
+    env.set_faults("restore:create-start");
+    let id = "ckpt-restored";
+    let bundle = env.bundle(id, &["sh", "-c", "echo restored; exec sleep 1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    let image = env.dir.join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    let out = env.fifo("stdout");
+    let reader = read_fifo(&out);
+    let mut req = env.create_request(id, &bundle);
+    req.checkpoint = image.display().to_string();
+    req.stdout = out.display().to_string();
+    let created = shim.client.create(ctx(), &req).await.unwrap();
+    assert!(created.pid > 0 && alive(created.pid));
+    let args: Vec<String> =
+        std::fs::read_to_string(image.join("restore-args")).unwrap().lines().map(str::to_owned).collect();
+    let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+    assert_eq!(after("--image-path"), Some(image.display().to_string()), "{args:?}");
+    assert_eq!(after("--work-path"), Some(bundle.join("work").display().to_string()), "{args:?}");
+    assert_eq!(after("--bundle"), Some(bundle.display().to_string()), "{args:?}");
+    assert_eq!(after("--pid-file"), Some(bundle.join("init.pid").display().to_string()), "{args:?}");
+    assert!(args.contains(&"--detach".to_owned()) && args.contains(&"--no-subreaper".to_owned()), "{args:?}");
+    assert_eq!(args.last(), Some(&id.to_owned()));
+    assert!(!bundle.join("work").exists(), "restore work dir left");
+    // Start: the restored init already runs; a `runc start` would fail on it.
+    let started = shim.client.start(ctx(), &start_req(id, "")).await.unwrap();
+    assert_eq!(started.pid, created.pid);
+    let st = shim.client.state(ctx(), &state_req(id, "")).await.unwrap();
+    assert_eq!(st.status.enum_value().unwrap(), Status::RUNNING);
+    shim.client.kill(ctx(), &kill_req(id, "", 9)).await.unwrap();
+    assert_eq!(shim.client.wait(ctx(), &wait_req(id, "")).await.unwrap().exit_status, 137);
+    shim.client.delete(ctx(), &delete_req(id, "")).await.unwrap();
+    assert_eq!(reader.await.unwrap(), b"restored\n");
+    let events = env
+        .events
+        .wait_for(std::time::Duration::from_secs(20), "delete", |e| e.iter().any(|r| r.topic == "/tasks/delete"))
+        .await;
+    assert_eq!(summarize(&events), vec!["create", "start", &format!("exit {id} 137"), "delete"]);
+    let c: containerd_shim_protos::events::task::TaskCreate = events[0].decode();
+    assert_eq!((c.checkpoint.as_str(), c.pid), (image.display().to_string().as_str(), created.pid));
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
