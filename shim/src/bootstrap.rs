@@ -211,15 +211,12 @@ pub fn start(flags: &Flags) -> Result<()> {
     // its writer never blocks.
     let mut input = Vec::new();
     let _ = std::io::stdin().take(MAX_STDIN).read_to_end(&mut input);
-    // As the Go shim: the runtime options can decode as BootstrapParams too, so the id and the
-    // namespace must match the flags.
-    let boot = bootproto::BootstrapParams::parse(&input)
-        .filter(|p| p.instance_id == flags.id && p.namespace == flags.namespace);
+    let boot = bootproto::parse(&input, &flags.id, &flags.namespace);
     let (reply, options, dir, grpc) = match &boot {
         Some(p) => (
             Reply::Proto,
-            p.extension(OPTIONS_TYPE).cloned(),
-            if p.socket_dir.is_empty() { SOCKET_DIR } else { p.socket_dir.as_str() },
+            bootproto::extension(p, OPTIONS_TYPE).cloned(),
+            p.socket_dir.as_deref().filter(|d| !d.is_empty()).unwrap_or(SOCKET_DIR),
             if p.containerd_grpc_address.is_empty() { flags.address.as_str() } else { &p.containerd_grpc_address },
         ),
         None => (Reply::legacy(), Any::parse_from_bytes(&input).ok(), SOCKET_DIR, flags.address.as_str()),
