@@ -166,3 +166,78 @@ async fn crun_exec_output_codes_and_events() {
     );
     shutdown_and_reap(&shim).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crun_pause_resume_update_stats_pids_and_tty() {
+    use protobuf::Message;
+    use tokio::io::AsyncWriteExt;
+    let env = crun_env().await;
+    let id = "crun-ctl";
+    let bundle = env.bundle(id, &["sh"], &[]);
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    spec["process"]["terminal"] = serde_json::Value::Bool(true);
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let shim = env.start_shim(id, &bundle).await;
+    let out = env.fifo("tty-out");
+    let input = env.fifo("tty-in");
+    let reader = read_fifo(&out);
+    let mut req = env.create_request(id, &bundle);
+    req.terminal = true;
+    req.stdout = out.display().to_string();
+    req.stdin = input.display().to_string();
+    let created = shim.client.create(ctx(), &req).await.unwrap();
+    shim.client.resize_pty(ctx(), &req::resize(id, "", 77, 21)).await.unwrap();
+    shim.client.start(ctx(), &start_req(id, "")).await.unwrap();
+
+    // Pause / resume (freezer through crun).
+    let mut p = api::PauseRequest::new();
+    p.id = id.into();
+    shim.client.pause(ctx(), &p).await.unwrap();
+    assert_eq!(
+        shim.client.state(ctx(), &state_req(id, "")).await.unwrap().status.enum_value().unwrap(),
+        Status::PAUSED
+    );
+    let mut r = api::ResumeRequest::new();
+    r.id = id.into();
+    shim.client.resume(ctx(), &r).await.unwrap();
+    assert_eq!(
+        shim.client.state(ctx(), &state_req(id, "")).await.unwrap().status.enum_value().unwrap(),
+        Status::RUNNING
+    );
+    // Update: crun update --resources.
+    let mut any = protobuf::well_known_types::any::Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+    any.value = serde_json::to_vec(&serde_json::json!({"memory": {"limit": 67_108_864}})).unwrap();
+    let mut upd = api::UpdateTaskRequest::new();
+    upd.id = id.into();
+    upd.resources = protobuf::MessageField::some(any);
+    shim.client.update(ctx(), &upd).await.unwrap();
+    let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", created.pid)).unwrap();
+    let mem = cg.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned())).expect("memory cgroup");
+    let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(mem.trim_start_matches('/'));
+    assert_eq!(std::fs::read_to_string(dir.join("memory.limit_in_bytes")).unwrap().trim(), "67108864");
+    // Stats from the cgroup, and Pids through crun ps.
+    let mut sr = api::StatsRequest::new();
+    sr.id = id.into();
+    let any = shim.client.stats(ctx(), &sr).await.unwrap().stats.into_option().unwrap();
+    assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
+    let m = containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&any.value).unwrap();
+    assert_eq!(m.memory.usage.limit, 67_108_864);
+    let mut pr = api::PidsRequest::new();
+    pr.id = id.into();
+    let pids = shim.client.pids(ctx(), &pr).await.unwrap();
+    assert!(pids.processes.iter().any(|p| p.pid == created.pid), "{:?}", pids.processes);
+
+    // The terminal: resize before start, typed input, exit code.
+    let mut writer = tokio::net::unix::pipe::OpenOptions::new().open_sender(&input).unwrap();
+    writer.write_all(b"stty size; echo typed-$((40+2)); exit 5\n").await.unwrap();
+    drop(writer);
+    assert_eq!(shim.client.wait(ctx(), &wait_req(id, "")).await.unwrap().exit_status, 5);
+    shim.client.delete(ctx(), &delete_req(id, "")).await.unwrap();
+    let text = String::from_utf8_lossy(&reader.await.unwrap()).into_owned();
+    assert!(text.contains("21 77"), "stty size after resize: {text:?}");
+    assert!(text.contains("typed-42"), "{text:?}");
+    assert!(!env.runc_root().join(NAMESPACE).join(id).exists(), "crun state left");
+    shutdown_and_reap(&shim).await;
+}
