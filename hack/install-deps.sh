@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Usage: hack/install-deps.sh
 #
-# Installs (as root, via apt) everything the hack/ scripts need to run a
-# private containerd with a runc shim: runc, containerd (+ctr), busybox-static
+# Installs (as root, via apt) everything the hack/ scripts and tests need to run a
+# private containerd with a runc shim: runc, crun (the crun tests), containerd (+ctr), busybox-static
 # (image rootfs), python3 (image builder), iproute2 (ss), util-linux (findmnt,
 # setsid, unshare), procps (ps/pgrep). Idempotent: exits immediately when
 # every package is already installed; runs `apt-get update` only when
 # something is missing.
 set -euo pipefail
 
-PACKAGES=(runc containerd busybox-static python3 iproute2 util-linux procps coreutils findutils mawk)
+PACKAGES=(runc crun containerd busybox-static python3 iproute2 util-linux procps coreutils findutils mawk)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

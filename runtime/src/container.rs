@@ -81,6 +81,7 @@ enum Msg {
     Pause { reply: Reply<()> },
     Resume { reply: Reply<()> },
     Update { resources: Vec<u8>, reply: Reply<()> },
+    Checkpoint { opts: crate::oci::CheckpointOpts, reply: Reply<()> },
     Paused { pause: bool, result: Result<()>, reply: Reply<()> },
     // Completions of the actor's own child tasks.
     InitStarted { result: Result<()>, reply: Reply<u32> },
@@ -162,6 +163,11 @@ impl ContainerHandle {
         self.call(|reply| Msg::Update { resources, reply }).await
     }
 
+    /// Checkpoints the init (`runc checkpoint`; see [`crate::checkpoint`]).
+    pub async fn checkpoint(&self, opts: crate::oci::CheckpointOpts) -> Result<()> {
+        self.call(|reply| Msg::Checkpoint { opts, reply }).await
+    }
+
     /// Resizes a process's terminal (a no-op without one).
     pub async fn resize(&self, exec_id: Option<String>, width: u32, height: u32) -> Result<()> {
         self.call(|reply| Msg::Resize { exec_id, width, height, reply }).await
@@ -214,6 +220,8 @@ pub struct NewContainer {
     pub io: ProcessIo,
     /// Whether rootfs mounts were made and must be unmounted on delete.
     pub rootfs_mounted: bool,
+    /// Whether the init was restored from a checkpoint (already running: Start runs nothing).
+    pub restored: bool,
     /// Whether the container lacks a private pid namespace.
     pub shares_pid_ns: bool,
     /// IoUid/IoGid for exec pipes.
@@ -239,6 +247,7 @@ struct Actor {
     init: Proc,
     execs: HashMap<String, Proc>,
     rootfs_mounted: bool,
+    restored: bool,
     shares_pid_ns: bool,
     io_owner: (u32, u32),
     namespace: String,
@@ -263,6 +272,7 @@ pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> C
         init: Proc::new(State::Created, new.pid, new.stdio, Some(new.io)),
         execs: HashMap::new(),
         rootfs_mounted: new.rootfs_mounted,
+        restored: new.restored,
         shares_pid_ns: new.shares_pid_ns,
         io_owner: new.io_owner,
         namespace: new.namespace,
@@ -445,6 +455,7 @@ impl Actor {
             Msg::Resume { reply } => self.pause(false, reply),
             Msg::Paused { pause, result, reply } => self.paused(pause, result, reply),
             Msg::Update { resources, reply } => self.update(resources, reply),
+            Msg::Checkpoint { opts, reply } => self.checkpoint(opts, reply),
             Msg::InitStarted { result, reply } => self.init_started(result, reply),
             Msg::ExecStarted { exec_id, result, reply } => self.exec_started(exec_id, result, reply),
             Msg::InitDeleted { result, reply } => return self.init_deleted(result, reply),
@@ -512,6 +523,17 @@ impl Actor {
         });
     }
 
+    fn checkpoint(&mut self, opts: crate::oci::CheckpointOpts, reply: Reply<()>) {
+        if let Err(e) = self.init.state.can_checkpoint() {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        let (runtime, id, bundle) = (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone());
+        self.tasks.spawn(async move {
+            let _ = reply.send(crate::checkpoint::checkpoint(&runtime, &id, &bundle, opts).await);
+        });
+    }
+
     fn start_init(&mut self, reply: Reply<u32>) {
         if let Err(e) = self.init.state.can_start() {
             let _ = reply.send(Err(e.into()));
@@ -528,8 +550,9 @@ impl Actor {
         self.init.starting = true;
         let (runtime, id, bundle, tx) =
             (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone(), self.self_tx.clone());
+        let restored = self.restored;
         self.tasks.spawn(async move {
-            let result = runtime.start(&id, &bundle).await.map_err(RuntimeError::from);
+            let result = if restored { Ok(()) } else { runtime.start(&id, &bundle).await.map_err(RuntimeError::from) };
             let _ = tx.send(Msg::InitStarted { result, reply });
         });
     }

@@ -10,7 +10,7 @@ use crate::container::{self, ContainerHandle, NewContainer, Shared};
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::mount::{self, MountSpec};
-use crate::oci::{read_pid_file, CreateOpts, Runtime};
+use crate::oci::{read_pid_file, CreateOpts, RestoreOpts, Runtime};
 use crate::options::{validate_id, BundleSpec, RuncOptions};
 
 fn watch_oom(cgroup: &crate::cgroups::ContainerCgroup) -> Option<crate::oom::OomWatch> {
@@ -21,7 +21,9 @@ fn watch_oom(cgroup: &crate::cgroups::ContainerCgroup) -> Option<crate::oom::Oom
                 .map_err(|e| tracing::debug!(error = %e, "no oom notifications for this cgroup"))
                 .ok()
         }
-        crate::cgroups::ContainerCgroup::V2(_) => None,
+        crate::cgroups::ContainerCgroup::V2(dir) => crate::oom::OomWatch::v2(dir)
+            .map_err(|e| tracing::debug!(error = %e, "no oom notifications for this cgroup"))
+            .ok(),
     }
 }
 
@@ -36,7 +38,7 @@ pub struct CreateParams {
     pub rootfs: Vec<MountSpec>,
     /// Init stdio.
     pub stdio: StdioConfig,
-    /// Checkpoint to restore from (unsupported yet).
+    /// Checkpoint images to restore from (`runc restore` instead of `runc create`).
     pub checkpoint: String,
     /// Runtime options.
     pub options: RuncOptions,
@@ -85,9 +87,6 @@ impl Rollback<'_> {
 /// already be reserved by the caller.
 pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, ContainerHandle)> {
     validate_id(&params.id).map_err(|reason| RuntimeError::InvalidArgument { field: "id", reason })?;
-    if !params.checkpoint.is_empty() {
-        return Err(RuntimeError::Unimplemented("restore from checkpoint"));
-    }
     let bundle = bundle_path(&params.bundle)?;
     let spec = BundleSpec::load(&bundle)?;
     let opts = &params.options;
@@ -121,7 +120,18 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
         // Subscribe before the runtime can start the init, so an exit before we know its pid
         // is matched afterwards (SPEC §4.7 no. 3).
         let subscription = shared.reaper.subscribe();
-        let created = runtime.create(&params.id, &bundle, &pid_file, &create_opts, rt_stdio).await;
+        let created = if params.checkpoint.is_empty() {
+            runtime.create(&params.id, &bundle, &pid_file, &create_opts, rt_stdio).await.map_err(RuntimeError::from)
+        } else {
+            let restore = RestoreOpts {
+                image_path: PathBuf::from(&params.checkpoint),
+                no_pivot: opts.no_pivot_root,
+                console_socket: create_opts.console_socket.clone(),
+                ..RestoreOpts::default()
+            };
+            let (id, work) = (&params.id, &opts.criu_work_path);
+            crate::checkpoint::restore(&runtime, id, &bundle, &pid_file, restore, rt_stdio, work).await
+        };
         // Whatever happened, the runtime may hold state for the id from here on.
         rollback.runtime = Some((&runtime, &params.id, bundle.join("log.json")));
         created?;
@@ -154,6 +164,7 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
         })
         .collect();
     event.io = protobuf::MessageField::some(container::task_io(&params.stdio));
+    event.checkpoint = params.checkpoint.clone();
     event.pid = pid;
 
     // Watched from Create on (containerd 2.2+): an init OOM-killed right after start is seen.
@@ -167,6 +178,7 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
             stdio: params.stdio,
             io,
             rootfs_mounted,
+            restored: !params.checkpoint.is_empty(),
             shares_pid_ns: spec.shares_pid_namespace(),
             io_owner: (opts.io_uid, opts.io_gid),
             namespace: params.namespace.clone(),

@@ -15,6 +15,7 @@
 //! Non-goals: protocol decoding (the `shim` crate) and event ordering rules (the `events` crate).
 
 pub mod cgroups;
+pub mod checkpoint;
 pub mod console;
 pub mod container;
 pub mod create;

@@ -97,6 +97,40 @@ pub struct CreateOpts {
     pub console_socket: Option<PathBuf>,
 }
 
+/// Options of `runc checkpoint` (containerd's `CheckpointOptions` plus the paths).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckpointOpts {
+    /// `--image-path`: where CRIU writes the images.
+    pub image_path: PathBuf,
+    /// `--work-path`: CRIU's logs and work files.
+    pub work_path: PathBuf,
+    /// Stop the container after the dump (otherwise `--leave-running`).
+    pub exit: bool,
+    /// `--tcp-established`
+    pub open_tcp: bool,
+    /// `--ext-unix-sk`
+    pub external_unix_sockets: bool,
+    /// `--shell-job`
+    pub terminal: bool,
+    /// `--file-locks`
+    pub file_locks: bool,
+    /// `--empty-ns` for each.
+    pub empty_namespaces: Vec<String>,
+}
+
+/// Options of `runc restore`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RestoreOpts {
+    /// `--image-path`: the checkpoint images.
+    pub image_path: PathBuf,
+    /// `--work-path`: CRIU's logs.
+    pub work_path: PathBuf,
+    /// `--no-pivot`
+    pub no_pivot: bool,
+    /// `--console-socket`
+    pub console_socket: Option<PathBuf>,
+}
+
 /// One OCI runtime configuration (binary, state root, cgroup driver).
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -329,6 +363,68 @@ impl Runtime {
     pub async fn update(&self, id: &str, bundle: &Path, resources: Vec<u8>) -> Result<(), OciError> {
         let args = vec!["update".into(), "--resources".into(), "-".into(), id.into()];
         self.run("update", Some(&bundle.join("log.json")), args, None, Some(resources)).await.map(|_| ())
+    }
+
+    /// `runc checkpoint` with the flags of `opts` (go-runc's order).
+    pub async fn checkpoint(&self, id: &str, bundle: &Path, opts: &CheckpointOpts) -> Result<(), OciError> {
+        let mut args: Vec<OsString> = vec!["checkpoint".into()];
+        args.push("--image-path".into());
+        args.push(opts.image_path.clone().into());
+        args.push("--work-path".into());
+        args.push(opts.work_path.clone().into());
+        for (on, flag) in [
+            (opts.open_tcp, "--tcp-established"),
+            (opts.external_unix_sockets, "--ext-unix-sk"),
+            (opts.terminal, "--shell-job"),
+            (opts.file_locks, "--file-locks"),
+        ] {
+            if on {
+                args.push(flag.into());
+            }
+        }
+        for ns in &opts.empty_namespaces {
+            args.push("--empty-ns".into());
+            args.push(ns.into());
+        }
+        if !opts.exit {
+            args.push("--leave-running".into());
+        }
+        args.push(id.into());
+        self.run("checkpoint", Some(&bundle.join("log.json")), args, None, None).await.map(|_| ())
+    }
+
+    /// `runc restore --detach --no-subreaper` (go-runc's order). The init's pid is in
+    /// `pid_file` afterwards; `stdio` becomes its stdio, as for create.
+    pub async fn restore(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        opts: &RestoreOpts,
+        stdio: RuntimeStdio,
+    ) -> Result<(), OciError> {
+        let mut args: Vec<OsString> = vec![
+            "restore".into(),
+            "--image-path".into(),
+            opts.image_path.clone().into(),
+            "--work-path".into(),
+            opts.work_path.clone().into(),
+            "--detach".into(),
+            "--pid-file".into(),
+            pid_file.into(),
+        ];
+        if opts.no_pivot {
+            args.push("--no-pivot".into());
+        }
+        args.push("--no-subreaper".into());
+        if let Some(s) = &opts.console_socket {
+            args.push("--console-socket".into());
+            args.push(s.into());
+        }
+        args.push("--bundle".into());
+        args.push(bundle.into());
+        args.push(id.into());
+        self.run("restore", Some(&bundle.join("log.json")), args, Some(stdio), None).await.map(|_| ())
     }
 
     /// `runc ps --format json`: the pids in the container's cgroup.

@@ -108,6 +108,14 @@ impl State {
         }
     }
 
+    /// Whether the init may be checkpointed (running or paused).
+    pub fn can_checkpoint(self) -> Result<(), InvalidTransition> {
+        match self {
+            State::Running | State::Paused => Ok(()),
+            s => Err(s.refuse("checkpoint")),
+        }
+    }
+
     /// Whether an exec may be added to a container whose init is in this state.
     pub fn can_exec(self) -> Result<(), InvalidTransition> {
         match self {

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_protos::api::DeleteResponse;
+use protobuf::well_known_types::any::Any;
 use protobuf::Message;
 use sha2::{Digest, Sha256};
 use shim_runtime::oci::Runtime;
@@ -18,6 +19,7 @@ use shim_runtime::options::{validate_id, BundleSpec, RuncOptions};
 use shim_runtime::reaper::Reaper;
 use shim_runtime::sys;
 
+use crate::bootproto;
 use crate::cli::Flags;
 
 /// Where shim sockets live (containerd's compile-time state dir; fixed by the protocol).
@@ -52,12 +54,13 @@ pub fn clean_path(p: &str) -> String {
     }
 }
 
-/// The socket path for a shim: `/run/containerd/s/<sha256(join(address, ns, group))>`.
-pub fn socket_path(address: &str, namespace: &str, group: &str) -> PathBuf {
+/// The socket path for a shim: `<dir>/<sha256(join(address, ns, group))>`; `dir` is
+/// `/run/containerd/s` unless a 2.3+ containerd passed `BootstrapParams.socket_dir`.
+pub fn socket_path_in(dir: &str, address: &str, namespace: &str, group: &str) -> PathBuf {
     let joined = clean_path(&format!("{address}/{namespace}/{group}"));
     let digest = Sha256::digest(joined.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Path::new(SOCKET_DIR).join(hex)
+    Path::new(dir).join(hex)
 }
 
 /// The grouping key: the first group annotation present, else the container id.
@@ -67,7 +70,8 @@ fn group_key(bundle: &Path, id: &str) -> Result<String> {
 }
 
 fn listen(path: &Path) -> Result<Option<UnixListener>> {
-    std::fs::create_dir_all(SOCKET_DIR).with_context(|| format!("mkdir {SOCKET_DIR}"))?;
+    let dir = path.parent().unwrap_or(Path::new(SOCKET_DIR));
+    std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
     // Mode 0600 from the start: no window where another user could connect.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let first = UnixListener::bind(path);
@@ -92,32 +96,95 @@ fn dial(path: &Path) -> bool {
     UnixStream::connect(path).is_ok()
 }
 
-/// The address line in the format the calling containerd expects: plain for 1.x, the v3 JSON
-/// for 2.x. `SHIM_BOOTSTRAP_FORMAT=plain|json` overrides the detection.
-fn address_line(address: &str) -> String {
-    let json = match std::env::var("SHIM_BOOTSTRAP_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("plain") => false,
-        _ => parent_containerd_major().is_some_and(|m| m >= 2),
-    };
-    if json {
-        serde_json::json!({"version": 3, "address": address, "protocol": "ttrpc"}).to_string()
-    } else {
-        address.to_owned()
+/// Overrides the directory of the containerd-version cache (tests).
+const VERSION_CACHE_ENV: &str = "SHIM_BOOTSTRAP_CACHE_DIR";
+/// Where the major version of each containerd binary seen is cached.
+const VERSION_CACHE_DIR: &str = "/run/containerd/shim-runc-rs/containerd-version";
+/// The runc options' type URL, as an extension of the 2.3+ `BootstrapParams`.
+const OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+/// Largest stdin `start` reads (as the Go shim: 10 MiB).
+const MAX_STDIN: u64 = 10 << 20;
+
+/// How `start` answers: containerd 2.3+ sent `BootstrapParams` and reads a `BootstrapResult`
+/// proto; older ones read a plain address (1.x) or the v3 JSON line (2.0–2.2).
+enum Reply {
+    Proto,
+    Json,
+    Plain,
+}
+
+impl Reply {
+    /// The legacy format: `SHIM_BOOTSTRAP_FORMAT=plain|json` overrides the detection.
+    fn legacy() -> Reply {
+        match std::env::var("SHIM_BOOTSTRAP_FORMAT").as_deref() {
+            Ok("json") => Reply::Json,
+            Ok("plain") => Reply::Plain,
+            _ if parent_containerd_major().is_some_and(|m| m >= 2) => Reply::Json,
+            _ => Reply::Plain,
+        }
+    }
+
+    fn bytes(&self, address: &str) -> Vec<u8> {
+        match self {
+            Reply::Proto => bootproto::result_bytes(address),
+            Reply::Json => {
+                serde_json::json!({"version": 3, "address": address, "protocol": "ttrpc"}).to_string().into_bytes()
+            }
+            Reply::Plain => address.as_bytes().to_vec(),
+        }
     }
 }
 
-/// The major version of the containerd that ran us, from `<parent exe> --version`.
+/// The major version of the containerd that ran us. containerd 1.x and 2.0–2.2 start shims the
+/// same way (same flags, env and stdin), so the only tell is the binary itself: `<exe> --version`,
+/// run once per binary and cached by path, inode, size and mtime (a probe costs ~30 ms).
 fn parent_containerd_major() -> Option<u32> {
     let ppid = nix::unistd::getppid();
-    let exe = std::fs::read_link(format!("/proc/{ppid}/exe")).ok()?;
+    let link = format!("/proc/{ppid}/exe");
+    let exe = std::fs::read_link(&link).ok()?;
     if !exe.file_name()?.to_str()?.contains("containerd") {
         return None;
+    }
+    let cache = std::env::var_os(VERSION_CACHE_ENV).map_or_else(|| PathBuf::from(VERSION_CACHE_DIR), PathBuf::from);
+    // The stat of the running binary (through the magic link, so a replaced file is not confused).
+    let meta = std::fs::metadata(&link).ok()?;
+    let entry = cache.join(version_cache_key(&exe, &meta));
+    if let Some(major) = std::fs::read_to_string(&entry).ok().and_then(|s| s.trim().parse().ok()) {
+        return Some(major);
     }
     let out = capture_output(&exe, &["--version"]).ok()?;
     let text = String::from_utf8_lossy(&out);
     // "containerd github.com/containerd/containerd 1.6.20~ds1 ..." or "... v2.1.5 ..."
-    text.split_whitespace().nth(2).and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok())
+    let major: u32 = text.split_whitespace().nth(2)?.trim_start_matches('v').split('.').next()?.parse().ok()?;
+    store_cache_entry(&cache, &entry, major);
+    Some(major)
+}
+
+fn version_cache_key(exe: &Path, meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let key = format!(
+        "{}\0{}\0{}\0{}\0{}.{}",
+        exe.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Best effort: a failure only means the next `start` probes again.
+fn store_cache_entry(dir: &Path, entry: &Path, major: u32) {
+    use std::os::unix::fs::DirBuilderExt;
+    if std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).is_err() {
+        return;
+    }
+    // Write then rename, so a concurrent `start` never reads a partial entry.
+    let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, major.to_string()).is_ok() && std::fs::rename(&tmp, entry).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
 }
 
 /// Runs a short command through the reaper on a throwaway runtime and returns its stdout.
@@ -140,16 +207,29 @@ pub fn start(flags: &Flags) -> Result<()> {
     }
     validate_id(&flags.id).map_err(anyhow::Error::msg)?;
     let bundle = std::env::current_dir().context("cwd")?;
-    let mut options_bytes = Vec::new();
-    // containerd writes the runtime options on stdin; read them so its writer never blocks.
-    let _ = std::io::stdin().read_to_end(&mut options_bytes);
+    // containerd writes the runtime options (2.3+: BootstrapParams) on stdin; read them all so
+    // its writer never blocks.
+    let mut input = Vec::new();
+    let _ = std::io::stdin().take(MAX_STDIN).read_to_end(&mut input);
+    let boot = bootproto::parse(&input, &flags.id, &flags.namespace);
+    let (reply, options, dir, grpc) = match &boot {
+        Some(p) => (
+            Reply::Proto,
+            bootproto::extension(p, OPTIONS_TYPE).cloned(),
+            p.socket_dir.as_deref().filter(|d| !d.is_empty()).unwrap_or(SOCKET_DIR),
+            if p.containerd_grpc_address.is_empty() { flags.address.as_str() } else { &p.containerd_grpc_address },
+        ),
+        None => (Reply::legacy(), Any::parse_from_bytes(&input).ok(), SOCKET_DIR, flags.address.as_str()),
+    };
+    let options = RuncOptions::from_any(options.as_ref()).unwrap_or_default();
     let group = group_key(&bundle, &flags.id)?;
-    let path = socket_path(&flags.address, &flags.namespace, &group);
+    let path = socket_path_in(dir, grpc, &flags.namespace, &group);
     let address = format!("unix://{}", path.display());
     let Some(listener) = listen(&path)? else {
         // A shim for this group is running: join it.
         std::fs::write(bundle.join("address"), &address).context("write address")?;
-        print!("{}", address_line(&address));
+        std::io::stdout().write_all(&reply.bytes(&address))?;
+        std::io::stdout().flush()?;
         return Ok(());
     };
     let spawned = spawn_daemon(flags, &bundle, OwnedFd::from(listener));
@@ -160,9 +240,19 @@ pub fn start(flags: &Flags) -> Result<()> {
             return Err(e);
         }
     };
+    if !options.shim_cgroup.is_empty() {
+        if let Err(e) = move_to_cgroup(pid, &options.shim_cgroup) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    }
     adjust_oom_score(pid);
     std::fs::write(bundle.join("address"), &address).context("write address")?;
-    print!("{}", address_line(&address));
+    std::io::stdout().write_all(&reply.bytes(&address))?;
     std::io::stdout().flush()?;
     Ok(())
 }
@@ -179,6 +269,36 @@ fn spawn_daemon(flags: &Flags, bundle: &Path, listener: OwnedFd) -> Result<u32> 
     let child = cmd.spawn().context("spawn shim daemon")?;
     // The daemon outlives us and is reparented to the nearest subreaper; we never wait for it.
     Ok(child.id())
+}
+
+/// ShimCgroup (SPEC §1.3 step 6): moves the daemon into `cgroup`, a path relative to the
+/// cgroup root. On a unified host that is the v2 tree; otherwise every v1 hierarchy where the
+/// cgroup exists (as containerd's `cgroup1.StaticPath`). It must exist in at least one.
+fn move_to_cgroup(pid: u32, cgroup: &str) -> Result<()> {
+    let rel = cgroup.trim_start_matches('/');
+    let root = Path::new("/sys/fs/cgroup");
+    let unified = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| shim_runtime::cgroups::is_unified(&shim_runtime::cgroups::parse_mountinfo(&m)));
+    let dirs: Vec<PathBuf> = if unified {
+        vec![root.join(rel)]
+    } else {
+        std::fs::read_dir(root)
+            .with_context(|| format!("read {}", root.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|h| h.file_name().is_some_and(|n| n != "unified") && !h.is_symlink())
+            .map(|h| h.join(rel))
+            .filter(|d| d.is_dir())
+            .collect()
+    };
+    if dirs.is_empty() {
+        bail!("shim cgroup {cgroup:?}: not found");
+    }
+    for d in dirs {
+        let procs = d.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .with_context(|| format!("failed to join shim cgroup: write {}", procs.display()))?;
+    }
+    Ok(())
 }
 
 /// Daemon `oom_score_adj` = containerd's + 1, capped at 1000 (SPEC §1.3 step 7).
@@ -250,7 +370,7 @@ mod tests {
     #[test]
     fn socket_hash_matches_containerd() {
         // sha256("/run/containerd/containerd.sock/default/test"), as containerd computes it.
-        let p = socket_path("/run/containerd/containerd.sock", "default", "test");
+        let p = socket_path_in(SOCKET_DIR, "/run/containerd/containerd.sock", "default", "test");
         let expect: String = Sha256::digest(b"/run/containerd/containerd.sock/default/test")
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -5,6 +5,7 @@
 //! the single-threaded tokio runtime, start the reaper (SIGCHLD) before anything is spawned,
 //! then the publisher and the ttrpc server.
 
+mod bootproto;
 mod bootstrap;
 mod cli;
 mod info;

@@ -161,6 +161,7 @@ pub struct TestEnv {
     shims: Mutex<Vec<(u32, PathBuf)>>,
     containers: Mutex<Vec<(String, PathBuf)>>,
     faults: Option<String>,
+    runtime: Option<PathBuf>,
 }
 
 impl TestEnv {
@@ -180,7 +181,14 @@ impl TestEnv {
             std::os::unix::fs::symlink("busybox", dir.join("rootfs/bin").join(applet)).unwrap();
         }
         let events = EventServer::start(&dir.join("events.sock")).await;
-        TestEnv { dir, events, shims: Mutex::new(Vec::new()), containers: Mutex::new(Vec::new()), faults: None }
+        TestEnv {
+            dir,
+            events,
+            shims: Mutex::new(Vec::new()),
+            containers: Mutex::new(Vec::new()),
+            faults: None,
+            runtime: None,
+        }
     }
 
     /// The fake containerd gRPC address (input to the shim socket hash only).
@@ -206,12 +214,25 @@ impl TestEnv {
         Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hack/fake-runc")
     }
 
-    /// Runtime options pointing runc at [`Self::runc_root`] (and at fake-runc with faults).
+    /// `hack/crun-private-ns`: Debian's crun, runnable on this cgroup v1 hybrid host.
+    pub fn crun_wrapper() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hack/crun-private-ns")
+    }
+
+    /// Makes containers created from now on use `binary` as the OCI runtime (BinaryName).
+    pub fn set_runtime(&mut self, binary: &Path) {
+        self.runtime = Some(binary.to_owned());
+    }
+
+    /// Runtime options pointing runc at [`Self::runc_root`] (and at fake-runc with faults, or
+    /// at the runtime given to [`Self::set_runtime`]).
     pub fn options(&self) -> Any {
         let mut o = Options::new();
         o.root = self.runc_root().display().to_string();
         if self.faults.is_some() {
             o.binary_name = Self::fake_runc().display().to_string();
+        } else if let Some(rt) = &self.runtime {
+            o.binary_name = rt.display().to_string();
         }
         let mut any = Any::new();
         any.type_url = "containerd.runc.v1.Options".into();
@@ -315,6 +336,11 @@ impl TestEnv {
             .env("SHIM_BOOTSTRAP_FORMAT", "plain")
             .stdin(std::process::Stdio::null());
         cmd
+    }
+
+    /// Records a shim daemon (pid, socket path) for cleanup, for shims started by hand.
+    pub fn track_shim(&self, pid: u32, socket: &Path) {
+        self.shims.lock().unwrap().push((pid, socket.to_owned()));
     }
 
     /// Records a container for cleanup (for containers created in a shim started elsewhere).

@@ -4,6 +4,7 @@
 //! Each handler only decodes, calls the runtime and encodes; errors go through
 //! `crate::status`. Decoders with more than a few lines live in their own files.
 
+mod checkpoint;
 mod create;
 mod exec;
 mod update;
@@ -13,10 +14,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim_protos::api::{
-    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
-    DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest,
-    ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
-    StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest, PidsResponse,
+    ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse,
+    StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::shim::oci::ProcessDetails;
@@ -195,6 +196,13 @@ impl Task for TaskService {
         let container = self.container(&req.id)?;
         let resources = update::resources(&req)?;
         container.update(resources).await.map_err(ShimError::from)?;
+        Ok(Empty::new())
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        let container = self.container(&req.id)?;
+        let opts = checkpoint::options(&req)?;
+        container.checkpoint(opts).await.map_err(ShimError::from)?;
         Ok(Empty::new())
     }
 
