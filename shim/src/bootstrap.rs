@@ -242,10 +242,10 @@ pub fn start(flags: &Flags) -> Result<()> {
     };
     if !options.shim_cgroup.is_empty() {
         if let Err(e) = move_to_cgroup(pid, &options.shim_cgroup) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // Our own child: kill it and reap it, so it is gone when `start` reports failure.
+            let child = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
