@@ -134,3 +134,132 @@ fn ctr_run_exit_codes_kill_exec_storm_and_cleanup() {
         assert!(!sock.exists(), "shim socket left for {id}");
     }
 }
+
+/// `ctr` on the slave side of a pseudo-terminal, as a user at a terminal runs it: its own
+/// session with the pty as controlling terminal (`setsid -c`), so ctr puts it in raw mode and
+/// forwards SIGWINCH resizes. Everything the master side reads is collected in `output`.
+struct PtyCtr {
+    child: std::process::Child,
+    master: std::fs::File,
+    slave_path: std::path::PathBuf,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl PtyCtr {
+    fn spawn(c: &Containerd, args: &[&str]) -> PtyCtr {
+        use std::io::Read;
+        let ws = nix::pty::Winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+        let slave_path = nix::unistd::ttyname(&pty.slave).unwrap();
+        let mut cmd = Command::new("setsid");
+        cmd.args(["-c", "timeout", "-k", "5", "120", "ctr", "-a", &c.socket(), "-n", NS]).args(args);
+        cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave));
+        let child = cmd.spawn().unwrap();
+        drop(cmd); // closes our copies of the slave: the master reads EIO once ctr is gone
+        let master = std::fs::File::from(pty.master);
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut reader, out) = (master.try_clone().unwrap(), output.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        PtyCtr { child, master, slave_path, output }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        self.master.write_all(format!("{line}\r").as_bytes()).unwrap();
+    }
+
+    /// Waits (bounded) until the terminal shows `needle`; returns whether it did.
+    fn wait_for(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Resizes the terminal as a terminal emulator does (the kernel signals SIGWINCH to ctr),
+    /// then types `stty size` until the shell inside reports the new size.
+    fn resize_and_check(&mut self, rows: u16, cols: u16) {
+        run_ok(Command::new("stty").arg("-F").arg(&self.slave_path).args([
+            "rows",
+            &rows.to_string(),
+            "cols",
+            &cols.to_string(),
+        ]));
+        let want = format!("\n{rows} {cols}\r");
+        for _ in 0..50 {
+            self.type_line("stty size");
+            if self.wait_for(&want, Duration::from_millis(400)) {
+                return;
+            }
+        }
+        panic!("the size {rows} {cols} never reached the container's terminal: {}", self.text());
+    }
+
+    fn exit_code(mut self, code: i32) {
+        self.type_line(&format!("exit {code}"));
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "terminal output: {}", self.text());
+    }
+}
+
+#[test]
+fn ctr_run_and_exec_with_a_terminal() {
+    let c = Containerd::start();
+    let runc_root = c.dir.join("runc").display().to_string();
+    let fifo = c.dir.join("fifo").display().to_string();
+
+    // `ctr run -t`: the shell starts with the caller's terminal size, typed input runs, a
+    // resize is seen by `stty size` inside, and the exit code comes back.
+    let mut args = c.run_args(&runc_root, &fifo);
+    args.extend(["-t", "--rm", IMAGE, "t-tty", "sh"]);
+    let mut run = PtyCtr::spawn(&c, &args);
+    assert!(run.wait_for("# ", Duration::from_secs(30)), "no prompt: {}", run.text());
+    run.type_line("stty size");
+    assert!(run.wait_for("\n30 100\r", Duration::from_secs(10)), "initial size: {}", run.text());
+    run.type_line("echo typed-$((6*7))");
+    assert!(run.wait_for("typed-42", Duration::from_secs(10)), "input: {}", run.text());
+    run.resize_and_check(21, 77);
+    run.exit_code(5);
+
+    // `ctr tasks exec -t` on a running container: the same for the exec's own terminal.
+    let mut args = c.run_args(&runc_root, &fifo);
+    args.extend(["-d", IMAGE, "t-tty-exec", "sleep", "1000"]);
+    run_ok(&mut c.ctr(&args));
+    c.wait_status("t-tty-exec", "RUNNING");
+    let mut exec =
+        PtyCtr::spawn(&c, &["tasks", "exec", "-t", "--fifo-dir", &fifo, "--exec-id", "x1", "t-tty-exec", "sh"]);
+    assert!(exec.wait_for("# ", Duration::from_secs(30)), "no prompt: {}", exec.text());
+    exec.type_line("echo exec-$((6*7)); tty");
+    assert!(exec.wait_for("exec-42", Duration::from_secs(10)), "input: {}", exec.text());
+    assert!(exec.wait_for("/dev/pts/", Duration::from_secs(10)), "a terminal inside: {}", exec.text());
+    exec.resize_and_check(33, 111);
+    exec.exit_code(6);
+
+    run_ok(&mut c.ctr(&["tasks", "kill", "-s", "SIGKILL", "t-tty-exec"]));
+    c.wait_status("t-tty-exec", "STOPPED");
+    run_ok(&mut c.ctr(&["tasks", "delete", "t-tty-exec"]));
+    run_ok(&mut c.ctr(&["containers", "delete", "t-tty-exec"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.shims().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.shims().is_empty(), "shims left: {:?}", c.shims());
+}
