@@ -11,6 +11,7 @@ mod info;
 mod server;
 mod status;
 mod task;
+mod transport;
 
 use std::process::ExitCode;
 

@@ -17,7 +17,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::cli::Flags;
-use crate::task::TaskService;
+use crate::task::{TaskService, SERVICE_NAMES};
+use crate::transport::ServiceFilter;
 
 /// How long the daemon waits for queued events to reach containerd before exiting.
 const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,18 +34,21 @@ fn take_listener(flags: &Flags) -> Result<StdUnixListener> {
 }
 
 /// Accepts connections, refusing peers whose uid differs from ours (SO_PEERCRED), as the Go
-/// shim's `UnixSocketRequireSameUser` handshake does.
+/// shim's `UnixSocketRequireSameUser` handshake does; each accepted connection goes through
+/// [`ServiceFilter`] so unknown services answer `Unimplemented`.
 fn same_user_listener(listener: UnixListener) -> ttrpc::asynchronous::transport::Listener {
     let euid = nix::unistd::geteuid().as_raw();
     let stream = futures::stream::unfold(listener, move |listener| async move {
         loop {
             match listener.accept().await {
                 Ok((conn, _)) => match conn.peer_cred() {
-                    Ok(cred) if cred.uid() == euid => return Some((Ok(conn), listener)),
+                    Ok(cred) if cred.uid() == euid => {
+                        return Some((Ok(ServiceFilter::new(conn, &SERVICE_NAMES)), listener));
+                    }
                     Ok(cred) => tracing::warn!(uid = cred.uid(), "refused connection from another user"),
                     Err(e) => tracing::warn!(error = %e, "refused connection without credentials"),
                 },
-                Err(e) => return Some((Err(e), listener)),
+                Err(e) => return Some((Err::<ServiceFilter<_>, _>(e), listener)),
             }
         }
     });

@@ -228,6 +228,11 @@ impl Task for TaskService {
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        // As the Go shim: an unknown (or empty) id still answers, with task_pid 0; a malformed
+        // one is refused like everywhere else.
+        if !req.id.is_empty() {
+            check_id(&req.id)?;
+        }
         let mut r = ConnectResponse::new();
         r.shim_pid = std::process::id();
         if let Ok(h) = self.container(&req.id) {
@@ -238,7 +243,11 @@ impl Task for TaskService {
         Ok(r)
     }
 
-    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+    async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<Empty> {
+        // The id is informational (the Go shim ignores it); a malformed one is still refused.
+        if !req.id.is_empty() {
+            check_id(&req.id)?;
+        }
         if self.shared.registry.is_empty() {
             self.shutdown.notify_one();
         }
