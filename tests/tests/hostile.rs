@@ -436,12 +436,21 @@ async fn duplicates_wrong_state_and_nonsense_fields() {
             assert_nothing_left(&env, &id, &good);
         }
     }
-    // A refused exec start rolls back: nothing of it runs.
+    // A refused exec start rolls back: nothing of it is left running (runc's own exiting
+    // helpers may linger in the cgroup until reaped, hence the bounded wait).
     c.exec(ctx(), &exec(VALID, "no-binary", &["/no/such/binary"])).await.unwrap();
     assert!(c.start(ctx(), &start(VALID, "no-binary")).await.is_err());
     let mut pr = api::PidsRequest::new();
     pr.id = VALID.into();
-    assert_eq!(c.pids(ctx(), &pr).await.unwrap().processes.len(), 1, "only the init runs");
+    let mut pids = Vec::new();
+    for _ in 0..100 {
+        pids = c.pids(ctx(), &pr).await.unwrap().processes.iter().map(|p| p.pid).collect::<Vec<_>>();
+        if pids.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pids.len(), 1, "only the init runs: {pids:?}");
     assert_unharmed(&shim, "nonsense").await;
     teardown(&shim).await;
 }
@@ -533,7 +542,7 @@ async fn raw_socket_abuse_leaves_the_shim_serving() {
             "Checkpoint",
         ] {
             let code = raw_call(shim, &frame(5, 1, &request(TASK, method, &[0x0a, 0xff, 0xff, 0xff])));
-            assert_ne!(code, Code::OK, "{method} with an undecodable payload");
+            assert_eq!(code, Code::INVALID_ARGUMENT, "{method} with an undecodable payload");
         }
         // Even stream ids are refused.
         assert_eq!(
@@ -655,4 +664,362 @@ async fn unknown_method_or_service_is_unimplemented() {
     .unwrap();
     assert_unharmed(&shim, "unimplemented").await;
     teardown(&shim).await;
+}
+
+/// containerd's identifier rule, written independently of the shim's.
+fn well_formed(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 76
+        && s.split(['.', '_', '-']).all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// One arbitrary request: which RPC and the raw material for its fields.
+#[derive(Debug, Clone)]
+struct Arb {
+    rpc: usize,
+    id: String,
+    exec_id: String,
+    n1: u32,
+    n2: u32,
+    flag: bool,
+    path: String,
+    type_url: String,
+    bytes: Vec<u8>,
+    args: Vec<String>,
+}
+
+mod arb {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub fn id() -> BoxedStrategy<String> {
+        prop_oneof![
+            3 => Just(VALID.to_owned()),
+            1 => Just("no-such".to_owned()),
+            1 => Just(String::new()),
+            3 => "[A-Za-z0-9._/-]{0,12}",
+            2 => ".{0,90}",
+            1 => "[a-z]{70,90}",
+        ]
+        .boxed()
+    }
+
+    pub fn exec_id() -> BoxedStrategy<String> {
+        prop_oneof![
+            3 => Just(String::new()),
+            3 => "[a-z][a-z0-9]{0,7}",
+            3 => "[A-Za-z0-9._/-]{0,12}",
+            1 => ".{0,90}",
+        ]
+        .boxed()
+    }
+
+    pub fn request(dir: String) -> impl Strategy<Value = Arb> {
+        let paths = prop_oneof![
+            Just(String::new()),
+            Just("relative/path".to_owned()),
+            Just(dir.clone()),
+            Just(format!("{dir}/bundles/broken")),
+            Just(format!("{dir}/../..")),
+            Just("/dev/null".to_owned()),
+            "[a-z]{1,8}".prop_map(move |s| format!("{dir}/{s}")),
+            ".{0,40}".prop_filter("not an absolute path", |s| !s.starts_with('/')),
+        ];
+        let type_urls = prop_oneof![
+            Just(String::new()),
+            Just("containerd.runc.v1.Options".to_owned()),
+            Just("types.containerd.io/opencontainers/runtime-spec/1/Process".to_owned()),
+            Just("types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".to_owned()),
+            ".{0,30}",
+        ];
+        let args = prop_oneof![
+            Just(vec!["true".to_owned()]),
+            (0u8..=255).prop_map(|n| vec!["sh".to_owned(), "-c".to_owned(), format!("exit {n}")]),
+            proptest::collection::vec("x-[a-z]{0,6}|.{0,10}", 0..4),
+        ];
+        let bytes = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            Just(b"{}".to_vec()),
+            Just(b"null".to_vec()),
+            Just(vec![b'['; 10_000]),
+            Just(vec![0u8; (1 << 20) + 1]),
+        ];
+        (
+            (0usize..ALL.len(), id(), exec_id(), any::<u32>(), any::<u32>(), any::<bool>()),
+            (paths, type_urls, bytes, args),
+        )
+            .prop_map(|((rpc, id, exec_id, n1, n2, flag), (path, type_url, bytes, args))| Arb {
+                rpc,
+                id,
+                exec_id,
+                n1,
+                n2,
+                flag,
+                path,
+                type_url,
+                bytes,
+                args,
+            })
+    }
+}
+
+fn any_of(type_url: &str, value: Vec<u8>) -> Any {
+    let mut a = Any::new();
+    a.type_url = type_url.into();
+    a.value = value;
+    a
+}
+
+/// Sends `a` to the shim. Requests that would legitimately stop or freeze the valid container
+/// (Kill/Pause/Update/Checkpoint of its init) are sent to another id instead.
+async fn send_arbitrary(env: &TestEnv, client: &TaskClient, a: &Arb) -> ttrpc::Result<()> {
+    let rpc = ALL[a.rpc];
+    let id = if a.id == VALID && matches!(rpc, Rpc::Pause | Rpc::Update | Rpc::Checkpoint)
+        || a.id == VALID && rpc == Rpc::Kill && a.exec_id.is_empty()
+    {
+        "redirected"
+    } else {
+        a.id.as_str()
+    };
+    let c = ctx();
+    let (id, exec_id) = (id.to_owned(), a.exec_id.clone());
+    let spec = || {
+        // Mostly the right type, so that decoding the JSON gets exercised too.
+        let type_url = if a.n2.is_multiple_of(4) {
+            a.type_url.as_str()
+        } else {
+            "types.containerd.io/opencontainers/runtime-spec/1/Process"
+        };
+        if a.flag {
+            let v = serde_json::json!({
+                "args": a.args, "cwd": a.path, "env": ["PATH=/bin"],
+                "user": {"uid": a.n1 % 3, "gid": a.n2 % 3}, "terminal": a.n1.is_multiple_of(2),
+            });
+            any_of(type_url, serde_json::to_vec(&v).unwrap())
+        } else {
+            any_of(type_url, a.bytes.clone())
+        }
+    };
+    match rpc {
+        Rpc::Create => {
+            let mut r = api::CreateTaskRequest::new();
+            r.id = id;
+            r.bundle = a.path.clone();
+            r.terminal = a.flag;
+            r.stdin = if a.n1.is_multiple_of(3) { a.path.clone() } else { String::new() };
+            r.stdout = if a.n2.is_multiple_of(3) { a.path.clone() } else { String::new() };
+            r.checkpoint = if a.n1.is_multiple_of(5) { a.path.clone() } else { String::new() };
+            if a.n2.is_multiple_of(2) {
+                let mut m = api::Mount::new();
+                m.type_ = a.type_url.clone();
+                m.source = a.path.clone();
+                m.options = a.args.clone();
+                r.rootfs.push(m);
+            }
+            r.options = protobuf::MessageField::some(any_of(&a.type_url, a.bytes.clone()));
+            client.create(c, &r).await.map(drop)
+        }
+        Rpc::Start => client.start(c, &start(&id, &exec_id)).await.map(drop),
+        Rpc::Delete => client.delete(c, &delete(&id, &exec_id)).await.map(drop),
+        Rpc::Exec => {
+            let mut r = exec(&id, &exec_id, &["true"]);
+            r.spec = protobuf::MessageField::some(spec());
+            r.terminal = a.flag && a.n2.is_multiple_of(2);
+            r.stdout = if a.n2.is_multiple_of(3) { a.path.clone() } else { String::new() };
+            client.exec(c, &r).await?;
+            if std::env::var_os("HOSTILE_VERBOSE").is_some() {
+                eprintln!("  exec registered");
+            }
+            // A registered exec is run to its end so the valid container keeps no strays.
+            let run = async {
+                client.start(ctx(), &start(&id, &exec_id)).await?;
+                let mut wc = ctx();
+                wc.timeout_nano = 2_000_000_000;
+                if client.wait(wc, &wait(&id, &exec_id)).await.is_err() {
+                    let _ = client.kill(ctx(), &kill(&id, &exec_id, 9)).await;
+                    client.wait(ctx(), &wait(&id, &exec_id)).await?;
+                }
+                Ok::<_, ttrpc::Error>(())
+            };
+            let _ = run.await;
+            let _ = client.delete(ctx(), &delete(&id, &exec_id)).await;
+            Ok(())
+        }
+        Rpc::State => client.state(c, &state(&id, &exec_id)).await.map(drop),
+        Rpc::Pids => {
+            let mut r = api::PidsRequest::new();
+            r.id = id;
+            client.pids(c, &r).await.map(drop)
+        }
+        Rpc::Pause => {
+            let mut r = api::PauseRequest::new();
+            r.id = id;
+            client.pause(c, &r).await.map(drop)
+        }
+        Rpc::Resume => {
+            let mut r = api::ResumeRequest::new();
+            r.id = id;
+            client.resume(c, &r).await.map(drop)
+        }
+        Rpc::Kill => {
+            let mut r = kill(&id, &exec_id, a.n1 % 70);
+            r.all = a.flag;
+            client.kill(c, &r).await.map(drop)
+        }
+        Rpc::ResizePty => client.resize_pty(c, &resize(&id, &exec_id, a.n1, a.n2)).await.map(drop),
+        Rpc::CloseIo => {
+            let mut r = api::CloseIORequest::new();
+            r.id = id;
+            r.exec_id = exec_id;
+            r.stdin = a.flag;
+            client.close_io(c, &r).await.map(drop)
+        }
+        Rpc::Update => {
+            let mut r = api::UpdateTaskRequest::new();
+            r.id = id;
+            if a.flag {
+                r.resources = protobuf::MessageField::some(any_of(&a.type_url, a.bytes.clone()));
+            }
+            client.update(c, &r).await.map(drop)
+        }
+        Rpc::Wait => {
+            let mut wc = ctx();
+            wc.timeout_nano = 200_000_000;
+            client.wait(wc, &wait(&id, &exec_id)).await.map(drop)
+        }
+        Rpc::Stats => {
+            let mut r = api::StatsRequest::new();
+            r.id = id;
+            client.stats(c, &r).await.map(drop)
+        }
+        Rpc::Connect => {
+            let mut r = api::ConnectRequest::new();
+            r.id = id;
+            client.connect(c, &r).await.map(drop)
+        }
+        Rpc::Shutdown => {
+            let mut r = api::ShutdownRequest::new();
+            r.id = id;
+            r.now = a.flag;
+            client.shutdown(c, &r).await.map(drop)
+        }
+        Rpc::Checkpoint => {
+            let mut r = api::CheckpointTaskRequest::new();
+            r.id = id;
+            r.path = format!("{}/checkpoint", env.dir.display());
+            r.options = protobuf::MessageField::some(any_of(&a.type_url, a.bytes.clone()));
+            client.checkpoint(c, &r).await.map(drop)
+        }
+    }
+}
+
+/// What must hold for the answer to `a` (beyond "an answer, in time").
+fn check_answer(a: &Arb, r: &ttrpc::Result<()>) -> Result<(), String> {
+    let rpc = ALL[a.rpc];
+    let code = match r {
+        Ok(()) => Code::OK,
+        Err(ttrpc::Error::RpcStatus(s)) => s.code(),
+        // Wait on a live process blocks legitimately; the client gives up at its deadline.
+        Err(ttrpc::Error::Others(m)) if rpc == Rpc::Wait && m.contains("deadline") => Code::DEADLINE_EXCEEDED,
+        Err(e) => return Err(format!("not an rpc status: {e:?}")),
+    };
+    let lenient_id = matches!(rpc, Rpc::Connect | Rpc::Shutdown) && a.id.is_empty();
+    let want: &[Code] = if code == Code::DEADLINE_EXCEEDED {
+        if a.id == VALID && (well_formed(&a.exec_id) || a.exec_id.is_empty()) {
+            return Ok(());
+        }
+        return Err(format!("{rpc:?}: only a Wait on a live process may outlast its deadline: {r:?}"));
+    } else if !well_formed(&a.id) && !lenient_id {
+        if rpc == Rpc::Checkpoint {
+            &[Code::INVALID_ARGUMENT, Code::NOT_FOUND]
+        } else {
+            &[Code::INVALID_ARGUMENT]
+        }
+    } else if a.id == VALID
+        && WITH_EXEC_ID.contains(&rpc)
+        && !well_formed(&a.exec_id)
+        && (!a.exec_id.is_empty() || rpc == Rpc::Exec)
+    {
+        &[Code::INVALID_ARGUMENT]
+    } else if a.id != VALID && !matches!(rpc, Rpc::Create | Rpc::Connect | Rpc::Shutdown) {
+        // Unknown container: NotFound, or InvalidArgument for a field checked first.
+        &[Code::NOT_FOUND, Code::INVALID_ARGUMENT]
+    } else {
+        return Ok(());
+    };
+    if want.contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("{rpc:?}: got {code:?}, want one of {want:?}: {r:?}"))
+    }
+}
+
+/// Arbitrary requests for every RPC against one live shim: each answers a ttrpc status in
+/// time, bad ids are InvalidArgument and unknown ones NotFound, and the valid container in the
+/// same shim keeps running.
+#[test]
+fn arbitrary_requests_never_harm_the_shim() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let _guard = rt.enter();
+    let env = rt.block_on(TestEnv::new());
+    let broken = env.dir.join("bundles/broken");
+    std::fs::create_dir_all(broken.join("rootfs")).unwrap();
+    std::fs::write(broken.join("config.json"), b"{\"ociVersion\": 7}").unwrap();
+    let shim = rt.block_on(live(&env));
+    let cases: u32 = std::env::var("HOSTILE_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: std::env::var("HOSTILE_SHRINK").ok().and_then(|s| s.parse().ok()).unwrap_or(16),
+        ..Config::default()
+    });
+    let verbose = std::env::var_os("HOSTILE_VERBOSE").is_some();
+    let result = runner.run(&arb::request(env.dir.display().to_string()), |a| {
+        if verbose {
+            eprintln!(
+                "case {:?} id={:?} exec={:?} path={:?} url={:?} bytes={} flag={}",
+                ALL[a.rpc],
+                a.id,
+                a.exec_id,
+                a.path,
+                a.type_url,
+                a.bytes.len(),
+                a.flag
+            );
+        }
+        rt.block_on(async {
+            let r = tokio::time::timeout(CALL_LIMIT, send_arbitrary(&env, &shim.client, &a))
+                .await
+                .map_err(|_| TestCaseError::fail(format!("{a:?}: no answer within {CALL_LIMIT:?}")))?;
+            if verbose {
+                eprintln!("  -> {r:?}");
+            }
+            check_answer(&a, &r).map_err(TestCaseError::fail)?;
+            if !alive(shim.pid) {
+                return Err(TestCaseError::fail("shim died"));
+            }
+            let st = tokio::time::timeout(CALL_LIMIT, shim.client.state(ctx(), &state(VALID, "")))
+                .await
+                .map_err(|_| TestCaseError::fail("state hung"))?
+                .map_err(|e| TestCaseError::fail(format!("state: {e:?}")))?;
+            if st.status.enum_value() != Ok(Status::RUNNING) {
+                return Err(TestCaseError::fail(format!("valid container is {:?}", st.status)));
+            }
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    rt.block_on(async {
+        // Nothing but the valid container was ever created, and it still runs execs.
+        let out = std::process::Command::new("runc")
+            .args(["--root", env.runc_root().join(NAMESPACE).to_str().unwrap(), "list", "-q"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), VALID);
+        assert_unharmed(&shim, "proptest").await;
+        teardown(&shim).await;
+    });
 }
