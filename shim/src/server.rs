@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shim_events::publisher::QueueLimits;
 use shim_events::{Publisher, PublisherConfig};
 use shim_runtime::container::Shared;
 use shim_runtime::reaper::Reaper;
@@ -68,6 +69,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
         let (publisher, publisher_task) = Publisher::start(PublisherConfig {
             ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
             namespace: flags.namespace.clone(),
+            limits: QueueLimits::default(),
         });
         let shared = Shared { reaper, publisher: publisher.clone(), registry: Arc::new(Registry::default()) };
         let shutdown = Arc::new(Notify::new());
