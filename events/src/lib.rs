@@ -13,7 +13,8 @@
 //! - at most one `TaskExit` per started process; no exit for a process never started;
 //! - no exec is admitted to start once the init's exit has been observed;
 //! - events leave the publisher in the order they were queued; a failed delivery is retried in
-//!   place (head of line) and never dropped or overtaken.
+//!   place (head of line) and never dropped or overtaken; above the queue's memory ceiling
+//!   non-exit events are dropped (logged), exits/OOMs/deletes never (see [`publisher`]).
 //!
 //! Non-goals: ordering across containers; anything about processes, pids or runc (this crate
 //! knows ids, pids and facts only).

@@ -148,7 +148,9 @@ pub fn validate_id(id: &str) -> Result<(), String> {
         return Err("identifier must not be empty".into());
     }
     if id.len() > MAX_ID_LEN {
-        return Err(format!("identifier {:?}... is longer than {MAX_ID_LEN}", &id[..MAX_ID_LEN.min(id.len())]));
+        // Cut on a char boundary: the id may be any UTF-8.
+        let head: String = id.chars().take(16).collect();
+        return Err(format!("identifier {head:?}... ({} bytes) is longer than {MAX_ID_LEN}", id.len()));
     }
     let mut prev_sep = true;
     for c in id.chars() {
@@ -209,7 +211,8 @@ mod tests {
         for ok in ["a", "abc-123", "a.b_c-d", "A1"] {
             assert!(validate_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a-", "a..b", "../x", "a/b", "a b", &"x".repeat(77)] {
+        let multibyte = "é".repeat(60);
+        for bad in ["", "-a", "a-", "a..b", "../x", "a/b", "a b", &"x".repeat(77), &multibyte, "héllo", "a\0b"] {
             assert!(validate_id(bad).is_err(), "{bad}");
         }
         assert!(validate_id(&"x".repeat(76)).is_ok());

@@ -12,6 +12,7 @@ mod info;
 mod server;
 mod status;
 mod task;
+mod transport;
 
 use std::process::ExitCode;
 

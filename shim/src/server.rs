@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shim_events::publisher::QueueLimits;
 use shim_events::{Publisher, PublisherConfig};
 use shim_runtime::container::Shared;
 use shim_runtime::reaper::Reaper;
@@ -17,7 +18,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::cli::Flags;
-use crate::task::TaskService;
+use crate::task::{TaskService, SERVICE_NAMES};
+use crate::transport::ServiceFilter;
 
 /// How long the daemon waits for queued events to reach containerd before exiting.
 const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,18 +35,21 @@ fn take_listener(flags: &Flags) -> Result<StdUnixListener> {
 }
 
 /// Accepts connections, refusing peers whose uid differs from ours (SO_PEERCRED), as the Go
-/// shim's `UnixSocketRequireSameUser` handshake does.
+/// shim's `UnixSocketRequireSameUser` handshake does; each accepted connection goes through
+/// [`ServiceFilter`] so unknown services answer `Unimplemented`.
 fn same_user_listener(listener: UnixListener) -> ttrpc::asynchronous::transport::Listener {
     let euid = nix::unistd::geteuid().as_raw();
     let stream = futures::stream::unfold(listener, move |listener| async move {
         loop {
             match listener.accept().await {
                 Ok((conn, _)) => match conn.peer_cred() {
-                    Ok(cred) if cred.uid() == euid => return Some((Ok(conn), listener)),
+                    Ok(cred) if cred.uid() == euid => {
+                        return Some((Ok(ServiceFilter::new(conn, &SERVICE_NAMES)), listener));
+                    }
                     Ok(cred) => tracing::warn!(uid = cred.uid(), "refused connection from another user"),
                     Err(e) => tracing::warn!(error = %e, "refused connection without credentials"),
                 },
-                Err(e) => return Some((Err(e), listener)),
+                Err(e) => return Some((Err::<ServiceFilter<_>, _>(e), listener)),
             }
         }
     });
@@ -64,6 +69,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
         let (publisher, publisher_task) = Publisher::start(PublisherConfig {
             ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
             namespace: flags.namespace.clone(),
+            limits: QueueLimits::default(),
         });
         let shared = Shared { reaper, publisher: publisher.clone(), registry: Arc::new(Registry::default()) };
         let shutdown = Arc::new(Notify::new());

@@ -20,6 +20,9 @@ pub enum ShimError {
     /// Not implemented by this shim yet.
     #[error("{0} is not implemented")]
     Unimplemented(&'static str),
+    /// A request handler panicked (a bug); the caller still gets an answer.
+    #[error("{0} failed: internal error")]
+    Panicked(String),
     /// From the runtime layer.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -30,6 +33,7 @@ pub fn code(e: &ShimError) -> Code {
     match e {
         ShimError::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
         ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
+        ShimError::Panicked(_) => Code::INTERNAL,
         ShimError::Runtime(r) => match r {
             RuntimeError::ContainerNotFound { .. }
             | RuntimeError::ProcessNotFound { .. }
@@ -54,9 +58,14 @@ pub fn code(e: &ShimError) -> Code {
     }
 }
 
+/// The ttrpc status for an error (code and message).
+pub fn status(e: &ShimError) -> ttrpc::Status {
+    ttrpc::get_status(code(e), e.to_string())
+}
+
 impl From<ShimError> for ttrpc::Error {
     fn from(e: ShimError) -> Self {
-        ttrpc::Error::RpcStatus(ttrpc::get_status(code(&e), e.to_string()))
+        ttrpc::Error::RpcStatus(status(&e))
     }
 }
 
@@ -81,6 +90,7 @@ mod tests {
             (rt(RuntimeError::Io(IoError::Console(std::io::ErrorKind::TimedOut.into()))), Code::INTERNAL),
             (ShimError::InvalidArgument { field: "f", reason: "r".into() }, Code::INVALID_ARGUMENT),
             (ShimError::Unimplemented("pause"), Code::UNIMPLEMENTED),
+            (ShimError::Panicked("State".into()), Code::INTERNAL),
             (rt(RuntimeError::Cgroup(CgroupError::Deleted { pid: 1 })), Code::NOT_FOUND),
         ];
         for (e, c) in cases {

@@ -206,3 +206,199 @@ async fn slow_create_does_not_block_other_containers() {
     }
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+/// The container id an event is about.
+fn container_of(e: &Recorded) -> String {
+    use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskStart};
+    match e.topic.as_str() {
+        "/tasks/create" => e.decode::<TaskCreate>().container_id,
+        "/tasks/start" => e.decode::<TaskStart>().container_id,
+        "/tasks/exec-added" => e.decode::<TaskExecAdded>().container_id,
+        "/tasks/exec-started" => e.decode::<TaskExecStarted>().container_id,
+        "/tasks/exit" => e.decode::<TaskExit>().container_id,
+        "/tasks/delete" => e.decode::<TaskDelete>().container_id,
+        t => panic!("unexpected topic {t}"),
+    }
+}
+
+/// No. 15: Delete immediately followed by Shutdown, 20 times: TaskDelete is delivered, the
+/// shim answers both and exits with nothing on its log that looks like a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_then_shutdown_in_a_loop() {
+    use containerd_shim_protos::events::task::TaskDelete;
+    let env = TestEnv::new().await;
+    for i in 0..20u32 {
+        let id = format!("race-ds-{i}");
+        let bundle = env.bundle(&id, &["sh", "-c", &format!("exit {}", i % 7)], &[]);
+        // The daemon dup2s the bundle's `log` fifo onto stderr: EOF on it means it exited.
+        let log = bundle.join("log");
+        nix::unistd::mkfifo(&log, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let log_reader = read_fifo(&log);
+        let shim = env.start_shim(&id, &bundle).await;
+        let socket = shim.address.trim_start_matches("unix://").to_owned();
+        shim.client.create(ctx(), &env.create_request(&id, &bundle)).await.unwrap();
+        shim.client.start(ctx(), &start(&id, "")).await.unwrap();
+        assert_eq!(shim.client.wait(ctx(), &wait(&id, "")).await.unwrap().exit_status, i % 7);
+        let d = shim.client.delete(ctx(), &delete(&id, "")).await.unwrap();
+        let mut sr = api::ShutdownRequest::new();
+        sr.id = id.clone();
+        sr.now = i % 2 == 1;
+        shim.client.shutdown(ctx(), &sr).await.unwrap_or_else(|e| panic!("iteration {i}: shutdown: {e:?}"));
+        assert_eq!(d.exit_status, i % 7);
+        let log = tokio::time::timeout(EVENT_WAIT, log_reader).await.expect("shim did not exit").unwrap();
+        let log = String::from_utf8_lossy(&log);
+        assert!(!log.contains("panicked"), "iteration {i}: {log}");
+        for _ in 0..200 {
+            if !alive(shim.pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(!alive(shim.pid), "iteration {i}: shim still running");
+        assert!(!std::path::Path::new(&socket).exists(), "iteration {i}: socket left");
+        let events = env
+            .events
+            .wait_for(EVENT_WAIT, "TaskDelete", |e| {
+                e.iter().any(|r| r.topic == "/tasks/delete" && container_of(r) == id)
+            })
+            .await;
+        let mine: Vec<&Recorded> = events.iter().filter(|r| container_of(r) == id).collect();
+        assert_eq!(mine.iter().filter(|r| r.topic == "/tasks/delete").count(), 1, "iteration {i}");
+        let del: TaskDelete = mine.last().unwrap().decode();
+        assert_eq!((del.exit_status, del.pid), (i % 7, d.pid), "iteration {i}");
+    }
+}
+
+/// No. 13: a grouped shim; execs on one container complete while another's `runc create` is
+/// parked, and every event names the container it is about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_execs_during_slow_create_no_cross_talk() {
+    let mut env = TestEnv::new().await;
+    let release = env.dir.join("release-create");
+    let group = [("io.containerd.runc.v2.group", "race13")];
+    let a = "race13-a";
+    let b = "race13-b";
+    let ba = env.bundle(a, &["sleep", "1000"], &group);
+    let bb = env.bundle(b, &["sh", "-c", "exit 4"], &group);
+    let shim = env.start_shim(a, &ba).await;
+    let created_a = shim.client.create(ctx(), &env.create_request(a, &ba)).await.unwrap();
+    shim.client.start(ctx(), &start(a, "")).await.unwrap();
+    env.set_faults(&format!("create:wait-file={}", release.display()));
+    let out = env.shim_command(&bb, b, "start").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), shim.address, "same group, same shim");
+    env.track_container(b, &bb);
+    let c = shim.client.clone();
+    let req = env.create_request(b, &bb);
+    let creating = tokio::spawn(async move { c.create(ctx(), &req).await });
+    // B's create is parked in fake-runc: 8 concurrent execs on A run to completion meanwhile.
+    let mut execs = Vec::new();
+    for n in 0..8u32 {
+        let c = shim.client.clone();
+        execs.push(tokio::spawn(async move {
+            let e = format!("x{n}");
+            c.exec(ctx(), &exec(a, &e, &["sh", "-c", &format!("exit {}", 10 + n)])).await.unwrap();
+            let pid = c.start(ctx(), &start(a, &e)).await.unwrap().pid;
+            let status = c.wait(ctx(), &wait(a, &e)).await.unwrap().exit_status;
+            c.delete(ctx(), &delete(a, &e)).await.unwrap();
+            (pid, status)
+        }));
+    }
+    let mut exec_pids = Vec::new();
+    for (n, h) in execs.into_iter().enumerate() {
+        let (pid, status) =
+            tokio::time::timeout(EVENT_WAIT, h).await.expect("exec blocked by the parked create").unwrap();
+        assert_eq!(status, 10 + u32::try_from(n).unwrap());
+        exec_pids.push(pid);
+    }
+    assert!(!creating.is_finished(), "create must still be parked while A's execs ran");
+    // Nothing about B yet; everything so far is A's.
+    let before = env
+        .events
+        .wait_for(EVENT_WAIT, "A's exec exits", |e| e.iter().filter(|r| r.topic == "/tasks/exit").count() == 8)
+        .await;
+    assert!(before.iter().all(|r| container_of(r) == a), "{:?}", summarize(&before));
+    std::fs::write(&release, b"").unwrap();
+    let created_b = creating.await.unwrap().unwrap();
+    shim.client.start(ctx(), &start(b, "")).await.unwrap();
+    assert_eq!(shim.client.wait(ctx(), &wait(b, "")).await.unwrap().exit_status, 4);
+    shim.client.delete(ctx(), &delete(b, "")).await.unwrap();
+    let events = env
+        .events
+        .wait_for(EVENT_WAIT, "B's delete", |e| e.iter().any(|r| r.topic == "/tasks/delete" && container_of(r) == b))
+        .await;
+    // B's events are exactly create, start, exit 4, delete, with B's pid.
+    let of_b: Vec<&Recorded> = events.iter().filter(|r| container_of(r) == b).collect();
+    let s: Vec<String> = summarize(&of_b.iter().map(|r| (*r).clone()).collect::<Vec<_>>());
+    assert_eq!(s, vec!["create".to_owned(), "start".into(), format!("exit {b} 4"), "delete".into()]);
+    let x: TaskExit = of_b[2].decode();
+    assert_eq!(x.pid, created_b.pid);
+    // A's exits carry A's exec pids, none is B's init, and A's init has not exited.
+    for r in events.iter().filter(|r| r.topic == "/tasks/exit" && container_of(r) == a) {
+        let x: TaskExit = r.decode();
+        assert!(exec_pids.contains(&x.pid), "exit of {} is not one of A's execs", x.pid);
+        assert_ne!(x.pid, created_a.pid);
+    }
+    let st = shim.client.state(ctx(), &state(a, "")).await.unwrap();
+    assert_eq!(st.status.enum_value().unwrap(), Status::RUNNING);
+    let _ = shim.client.kill(ctx(), &kill(a, "", 9)).await;
+    shim.client.wait(ctx(), &wait(a, "")).await.unwrap();
+    shim.client.delete(ctx(), &delete(a, "")).await.unwrap();
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
+
+/// No. 8: an init without its own pid namespace exits while an exec (with a child of its own)
+/// runs: the shim runs `kill --all`, the exec's TaskExit comes before the init's, and none of
+/// the container's processes survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_exit_in_host_pid_namespace_kills_the_rest() {
+    let env = TestEnv::new().await;
+    let id = "race-hostpid";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    // Drop the pid namespace from the spec: the container shares the host's.
+    let cfg = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid");
+    std::fs::write(&cfg, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let shim = env.start_shim(id, &bundle).await;
+    let created = shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+    shim.client.exec(ctx(), &exec(id, "runner", &["sh", "-c", "sleep 1000 & sleep 1000; wait"])).await.unwrap();
+    let exec_pid = shim.client.start(ctx(), &start(id, "runner")).await.unwrap().pid;
+    // All of the container's processes: init, sh, its two sleeps (host pids).
+    let mut pr = api::PidsRequest::new();
+    pr.id = id.into();
+    let mut pids = Vec::new();
+    for _ in 0..100 {
+        pids = shim.client.pids(ctx(), &pr).await.unwrap().processes.iter().map(|p| p.pid).collect::<Vec<_>>();
+        if pids.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pids.len() >= 4 && pids.contains(&created.pid) && pids.contains(&exec_pid), "{pids:?}");
+    // Only the init is killed; the rest must be taken down by the shim.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(created.pid.cast_signed()), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let exec_exit = tokio::time::timeout(EVENT_WAIT, shim.client.wait(ctx(), &wait(id, "runner")))
+        .await
+        .expect("the exec survived its init")
+        .unwrap();
+    assert_eq!(exec_exit.exit_status, 137);
+    assert_eq!(shim.client.wait(ctx(), &wait(id, "")).await.unwrap().exit_status, 137);
+    let events =
+        env.events.wait_for(EVENT_WAIT, "init exit", |e| summarize(e).contains(&format!("exit {id} 137"))).await;
+    let s = summarize(&events);
+    let ex = s.iter().position(|l| l == "exit runner 137").unwrap_or_else(|| panic!("{s:?}"));
+    let init = s.iter().position(|l| *l == format!("exit {id} 137")).unwrap();
+    assert!(ex < init, "the exec's exit must come first: {s:?}");
+    for _ in 0..200 {
+        if pids.iter().all(|p| !alive(*p)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let survivors: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(survivors.is_empty(), "survivors: {survivors:?}");
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}

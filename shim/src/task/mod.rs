@@ -10,6 +10,7 @@ mod exec;
 mod update;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,6 +24,7 @@ use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::shim::oci::ProcessDetails;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::types::task::{ProcessInfo, Status};
+use futures::FutureExt;
 use protobuf::well_known_types::any::Any;
 use protobuf::Message;
 use shim_events::publisher::timestamp;
@@ -30,7 +32,7 @@ use shim_runtime::container::Shared;
 use shim_runtime::options::validate_id;
 use shim_runtime::process::State;
 use tokio::sync::Notify;
-use ttrpc::asynchronous::TtrpcContext;
+use ttrpc::asynchronous::{MethodHandler, TtrpcContext};
 
 use crate::status::ShimError;
 
@@ -78,12 +80,18 @@ impl TaskService {
         TaskService { shared, namespace, shutdown }
     }
 
-    /// The ttrpc service map, under both task API names.
+    /// The ttrpc service map, under both task API names. Every method is wrapped so that an
+    /// undecodable request payload answers InvalidArgument (ttrpc's generated code says Unknown).
     pub fn services(self) -> HashMap<String, ttrpc::asynchronous::Service> {
         let svc: Arc<dyn Task + Send + Sync> = Arc::new(self);
         let mut out = HashMap::new();
         for name in SERVICE_NAMES {
-            for (_, service) in containerd_shim_protos::shim_async::create_task(Arc::clone(&svc)) {
+            for (_, mut service) in containerd_shim_protos::shim_async::create_task(Arc::clone(&svc)) {
+                service.methods = service
+                    .methods
+                    .into_iter()
+                    .map(|(m, h)| (m, Box::new(DecodeCheck(h)) as Box<dyn MethodHandler + Send + Sync>))
+                    .collect();
                 out.insert(name.to_owned(), service);
             }
         }
@@ -93,6 +101,36 @@ impl TaskService {
     fn container(&self, id: &str) -> Result<shim_runtime::container::ContainerHandle, ShimError> {
         check_id(id)?;
         Ok(self.shared.registry.get(id)?)
+    }
+}
+
+/// The prefix ttrpc's generated handlers give a request payload that does not decode.
+const UNPACK_ERROR: &str = "Unpack request error";
+
+/// A generated method handler whose payload-decoding failure answers InvalidArgument, and
+/// whose panic (a bug) answers Internal instead of leaving the caller without a reply forever
+/// (ttrpc drops the request's task silently). Release builds have `panic = "abort"`: there a
+/// panic ends the daemon, which containerd notices, rather than a silent hang.
+struct DecodeCheck(Box<dyn MethodHandler + Send + Sync>);
+
+#[async_trait]
+impl MethodHandler for DecodeCheck {
+    async fn handler(&self, ctx: TtrpcContext, req: ttrpc::Request) -> TtrpcResult<ttrpc::Response> {
+        let method = req.method.clone();
+        let error = match AssertUnwindSafe(self.0.handler(ctx, req)).catch_unwind().await {
+            Ok(Err(ttrpc::Error::Others(msg))) if msg.starts_with(UNPACK_ERROR) => {
+                tracing::debug!(error = %msg, "undecodable request payload");
+                ShimError::InvalidArgument { field: "payload", reason: msg }
+            }
+            Ok(other) => return other,
+            Err(_) => {
+                tracing::error!(method = %method.escape_debug(), "request handler panicked");
+                ShimError::Panicked(method)
+            }
+        };
+        let mut r = ttrpc::Response::new();
+        r.set_status(crate::status::status(&error));
+        Ok(r)
     }
 }
 
@@ -236,6 +274,11 @@ impl Task for TaskService {
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        // As the Go shim: an unknown (or empty) id still answers, with task_pid 0; a malformed
+        // one is refused like everywhere else.
+        if !req.id.is_empty() {
+            check_id(&req.id)?;
+        }
         let mut r = ConnectResponse::new();
         r.shim_pid = std::process::id();
         if let Ok(h) = self.container(&req.id) {
@@ -246,7 +289,11 @@ impl Task for TaskService {
         Ok(r)
     }
 
-    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+    async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<Empty> {
+        // The id is informational (the Go shim ignores it); a malformed one is still refused.
+        if !req.id.is_empty() {
+            check_id(&req.id)?;
+        }
         if self.shared.registry.is_empty() {
             self.shutdown.notify_one();
         }
