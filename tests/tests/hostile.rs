@@ -251,12 +251,6 @@ async fn bad_ids_are_invalid_argument_on_every_rpc() {
                 continue;
             }
             let r = call(&env, &shim.client, rpc, &bad, "").await;
-            if rpc == Rpc::Checkpoint {
-                // Not implemented yet (issue 7): the generated default answers NotFound.
-                let e = r.unwrap_err();
-                assert!(matches!(code_of(&e), Code::INVALID_ARGUMENT | Code::NOT_FOUND), "{e:?}");
-                continue;
-            }
             expect_code(r, Code::INVALID_ARGUMENT, &format!("{rpc:?} id {bad:?}"));
         }
         // The same malformed string as an exec id of the valid container; an empty exec id
@@ -930,11 +924,7 @@ fn check_answer(a: &Arb, r: &ttrpc::Result<()>) -> Result<(), String> {
         }
         return Err(format!("{rpc:?}: only a Wait on a live process may outlast its deadline: {r:?}"));
     } else if !well_formed(&a.id) && !lenient_id {
-        if rpc == Rpc::Checkpoint {
-            &[Code::INVALID_ARGUMENT, Code::NOT_FOUND]
-        } else {
-            &[Code::INVALID_ARGUMENT]
-        }
+        &[Code::INVALID_ARGUMENT]
     } else if a.id == VALID
         && WITH_EXEC_ID.contains(&rpc)
         && !well_formed(&a.exec_id)
