@@ -923,13 +923,13 @@ fn check_answer(a: &Arb, r: &ttrpc::Result<()>) -> Result<(), String> {
             return Ok(());
         }
         return Err(format!("{rpc:?}: only a Wait on a live process may outlast its deadline: {r:?}"));
-    } else if !well_formed(&a.id) && !lenient_id {
-        &[Code::INVALID_ARGUMENT]
-    } else if a.id == VALID
-        && WITH_EXEC_ID.contains(&rpc)
-        && !well_formed(&a.exec_id)
-        && (!a.exec_id.is_empty() || rpc == Rpc::Exec)
+    } else if (!well_formed(&a.id) && !lenient_id)
+        || (a.id == VALID
+            && WITH_EXEC_ID.contains(&rpc)
+            && !well_formed(&a.exec_id)
+            && (!a.exec_id.is_empty() || rpc == Rpc::Exec))
     {
+        // A malformed id, or a malformed exec id of the valid container.
         &[Code::INVALID_ARGUMENT]
     } else if a.id != VALID && !matches!(rpc, Rpc::Create | Rpc::Connect | Rpc::Shutdown) {
         // Unknown container: NotFound, or InvalidArgument for a field checked first.
