@@ -171,17 +171,23 @@ pub async fn output(pty: Pty, mut out: pipe::Sender, mut exited: watch::Receiver
     }
 }
 
-/// Copies the stdin fifo to the master until the fifo reaches EOF.
+/// Copies the stdin fifo to the master until the fifo reaches EOF, then hangs the terminal up.
 pub async fn input(mut stdin: pipe::Receiver, pty: Pty) {
     let mut buf = vec![0u8; BUFFER];
     loop {
         match stdin.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(n) => {
                 if write_all(&pty, &buf[..n]).await.is_err() {
                     return;
                 }
             }
         }
+    }
+    // stdin ended: the shim's keep-alive writer is gone (CloseIO) and so is the client's. The Go
+    // shim then closes the console, which hangs the terminal up; do the same, so an interactive
+    // session (`kubectl exec -it`, `ctr run -t`) whose client went away does not live on.
+    if let Err(e) = sys::hangup_pty(std::os::fd::AsFd::as_fd(pty.get_ref())) {
+        tracing::debug!(error = %e, "terminal hangup after stdin EOF");
     }
 }

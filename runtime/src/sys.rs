@@ -90,6 +90,29 @@ pub fn set_winsize(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> io:
     Ok(())
 }
 
+/// Hangs up the terminal whose master is `master`, as closing the last master fd would (the
+/// kernel's pty close calls `tty_vhangup` on the slave): the slave's session gets SIGHUP and
+/// its further terminal IO fails. The slave is reached with `TIOCGPTPEER` (so no path in the
+/// container's devpts is needed) and hung up with `TIOCVHANGUP` (CAP_SYS_ADMIN, as the shim has).
+pub fn hangup_pty(master: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: `master` is a live borrowed descriptor; TIOCGPTPEER takes an int flags argument,
+    // touches no memory of ours and returns a new descriptor or -1.
+    let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if slave < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `slave` was just returned by the kernel as a new open descriptor that nothing
+    // else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    // SAFETY: `slave` is open (owned above); TIOCVHANGUP takes no argument.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCVHANGUP, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Registers an owned fd (a pty master) with the tokio reactor.
 pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: `OwnedFd` is a valid open descriptor that the `AsyncFd` now owns; it stays open

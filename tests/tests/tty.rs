@@ -1,6 +1,7 @@
 //! Terminal mode through the built binary with real runc (issue 5; SPEC §4.7 nos. 16, 17).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::time::Duration;
 
 use containerd_shim_protos::api;
@@ -118,6 +119,71 @@ async fn tty_exec_large_output_is_complete() {
     k.id = id.into();
     k.signal = 9;
     shim.client.kill(ctx(), &k).await.unwrap();
+    shim.client.wait(ctx(), &wait(id, "")).await.unwrap();
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
+
+/// As in the Go shim, stdin EOF of a terminal process (CloseIO, and the client's writer gone)
+/// hangs the terminal up: an interactive shell whose client went away gets SIGHUP (129) rather
+/// than living on. Without CloseIO the shell keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_stdin_eof_hangs_up_the_session() {
+    let env = TestEnv::new().await;
+    let id = "tty-hup";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    spec["process"]["terminal"] = serde_json::Value::Bool(true);
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let shim = env.start_shim(id, &bundle).await;
+    let mut req = env.create_request(id, &bundle);
+    req.terminal = true;
+    req.stdout = env.fifo("hup-out").display().to_string();
+    let _reader = read_fifo(Path::new(&req.stdout));
+    shim.client.create(ctx(), &req).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+
+    // A TTY exec of an interactive shell with stdin.
+    let input = env.fifo("hup-in");
+    let out = env.fifo("hup-exec-out");
+    let exec_reader = read_fifo(&out);
+    let mut exec = shim_tests::req::exec(id, "sh1", &["sh"]);
+    exec.terminal = true;
+    exec.stdin = input.display().to_string();
+    exec.stdout = out.display().to_string();
+    let mut process: serde_json::Value = serde_json::from_slice(&shim_tests::req::process_spec(&["sh"]).value).unwrap();
+    process["terminal"] = serde_json::Value::Bool(true);
+    exec.spec = protobuf::MessageField::some(Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+        value: serde_json::to_vec(&process).unwrap(),
+        ..Default::default()
+    });
+    shim.client.exec(ctx(), &exec).await.unwrap();
+    shim.client.start(ctx(), &start(id, "sh1")).await.unwrap();
+    let mut writer = tokio::net::unix::pipe::OpenOptions::new().open_sender(&input).unwrap();
+    writer.write_all(b"echo alive-$((40+2))\n").await.unwrap();
+    drop(writer);
+    // The client's writer is gone but the shim still holds its own: the shell lives on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = shim.client.state(ctx(), &shim_tests::req::state(id, "sh1")).await.unwrap();
+    assert_eq!(st.status.enum_value_or_default(), api::Status::RUNNING);
+    // CloseIO: stdin reaches EOF, the terminal is hung up, the shell dies of SIGHUP.
+    let mut close = api::CloseIORequest::new();
+    close.id = id.into();
+    close.exec_id = "sh1".into();
+    close.stdin = true;
+    shim.client.close_io(ctx(), &close).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(30), shim.client.wait(ctx(), &wait(id, "sh1")))
+        .await
+        .expect("the shell outlived its hung-up terminal")
+        .unwrap();
+    assert_eq!(waited.exit_status, 129, "SIGHUP");
+    shim.client.delete(ctx(), &delete(id, "sh1")).await.unwrap();
+    let text = String::from_utf8_lossy(&exec_reader.await.unwrap()).into_owned();
+    assert!(text.contains("alive-42"), "{text:?}");
+
+    shim.client.kill(ctx(), &shim_tests::req::kill(id, "", 9)).await.unwrap();
     shim.client.wait(ctx(), &wait(id, "")).await.unwrap();
     shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
