@@ -104,8 +104,9 @@ pub struct ProcessIo {
 pub enum Prepared {
     /// Pipes and copies are ready.
     Pipes(ProcessIo),
-    /// A console socket the runtime will send the pty master to.
-    Console(ConsoleSocket),
+    /// A console socket the runtime will send the pty master to; with a `file://` or
+    /// `binary://` stdout, the logger is already running and reads the write end kept here.
+    Console(ConsoleSocket, Option<(ProcessIo, OwnedFd)>),
 }
 
 impl Prepared {
@@ -113,7 +114,7 @@ impl Prepared {
     pub fn console_socket(&self) -> Option<&Path> {
         match self {
             Prepared::Pipes(_) => None,
-            Prepared::Console(c) => Some(c.path()),
+            Prepared::Console(c, _) => Some(c.path()),
         }
     }
 
@@ -121,9 +122,9 @@ impl Prepared {
     pub async fn finish(self, cfg: &StdioConfig) -> Result<ProcessIo, IoError> {
         match self {
             Prepared::Pipes(io) => Ok(io),
-            Prepared::Console(socket) => {
+            Prepared::Console(socket, logged) => {
                 let pty = socket.receive().await.map_err(IoError::Console)?;
-                ProcessIo::terminal(cfg, pty).await
+                ProcessIo::terminal(cfg, pty, logged).await
             }
         }
     }
@@ -194,11 +195,24 @@ impl ProcessIo {
     ) -> Result<(Prepared, RuntimeStdio), IoError> {
         let target = logger::parse(&cfg.stdout).map_err(|uri| IoError::Unsupported { stream: "stdout", uri })?;
         if cfg.terminal {
-            if !matches!(target, Target::Fifo(_)) {
-                return Err(IoError::Unsupported { stream: "stdout", uri: cfg.stdout.clone() });
-            }
+            // A logger with a terminal (as the Go shim's copyConsole): the logger gets its
+            // pipes now; the terminal's output is copied into the stdout pipe once the master
+            // arrives, and stderr (merged into the terminal) is closed at once.
+            let without_stdin = StdioConfig { stdin: String::new(), ..cfg.clone() };
+            let logged = match target {
+                Target::Fifo(_) => None,
+                Target::File(path) => Some(Self::to_file(&without_stdin, &path, uid, gid)?),
+                Target::Binary(program, args) => {
+                    Some(Self::to_binary(&without_stdin, &program, &args, uid, gid, ctx).await?)
+                }
+            };
+            let logged = match logged {
+                Some((io, RuntimeStdio { stdout: Some(out_w), .. })) => Some((io, out_w)),
+                Some(_) => return Err(IoError::Unsupported { stream: "stdout", uri: cfg.stdout.clone() }),
+                None => None,
+            };
             let socket = ConsoleSocket::new().map_err(IoError::Console)?;
-            return Ok((Prepared::Console(socket), RuntimeStdio::default()));
+            return Ok((Prepared::Console(socket, logged), RuntimeStdio::default()));
         }
         let (io, rt) = match target {
             Target::Fifo(_) => Self::pipes(cfg, uid, gid).await?,
@@ -266,10 +280,19 @@ impl ProcessIo {
         Ok(())
     }
 
-    async fn terminal(cfg: &StdioConfig, pty: Pty) -> Result<ProcessIo, IoError> {
-        let mut io = ProcessIo::default();
+    async fn terminal(cfg: &StdioConfig, pty: Pty, logged: Option<(ProcessIo, OwnedFd)>) -> Result<ProcessIo, IoError> {
         let (exited_tx, exited_rx) = watch::channel(false);
-        if let Some(path) = fifo_path("stdout", &cfg.stdout)? {
+        let mut io = ProcessIo::default();
+        if let Some((logger_io, out_w)) = logged {
+            io = logger_io;
+            let to_logger = pipe::Sender::from_owned_fd(out_w).map_err(|e| IoError::Open {
+                what: "terminal output to",
+                path: cfg.stdout.clone(),
+                source: e,
+            })?;
+            let pty = Arc::clone(&pty);
+            io.outputs.push(tokio::spawn(console::output(pty, to_logger, exited_rx)));
+        } else if let Some(path) = fifo_path("stdout", &cfg.stdout)? {
             let (fifo, keep_reader) = open_output(&path).await?;
             let pty = Arc::clone(&pty);
             io.outputs.push(tokio::spawn(async move {

@@ -8,9 +8,20 @@ use shim_tests::req::{delete, exec as exec_req, start, wait};
 use shim_tests::*;
 
 async fn run_to_exit(env: &TestEnv, id: &str, args: &[&str], stdout: &str, stderr: &str) -> u32 {
+    run_to_exit_with(env, id, args, stdout, stderr, false).await
+}
+
+async fn run_to_exit_with(env: &TestEnv, id: &str, args: &[&str], stdout: &str, stderr: &str, tty: bool) -> u32 {
     let bundle = env.bundle(id, args, &[]);
+    if tty {
+        let config = bundle.join("config.json");
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        spec["process"]["terminal"] = serde_json::Value::Bool(true);
+        std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    }
     let shim = env.start_shim(id, &bundle).await;
     let mut req = env.create_request(id, &bundle);
+    req.terminal = tty;
     req.stdout = stdout.into();
     req.stderr = stderr.into();
     shim.client.create(ctx(), &req).await.unwrap();
@@ -73,6 +84,40 @@ async fn binary_logger_gets_streams_and_environment() {
         .filter(|c| String::from_utf8_lossy(c).contains(&script_s))
         .count();
     assert_eq!(left, 0, "logging binary left running");
+}
+
+/// Loggers with a terminal (as the Go shim's copyConsole): the terminal's output (stdout and
+/// stderr merged, with the terminal's CRLF) reaches the `file://` log and the `binary://`
+/// logger's stdout pipe; the logger's stderr pipe is closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loggers_with_a_terminal() {
+    let env = TestEnv::new().await;
+    let log = env.dir.join("tty.log");
+    let uri = format!("file://{}", log.display());
+    let args = ["sh", "-c", "echo out-tty; echo err-tty >&2; tty; exit 6"];
+    assert_eq!(run_to_exit_with(&env, "io-tty-file", &args, &uri, "", true).await, 6);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("out-tty\r\nerr-tty\r\n/dev/pts/"), "{text:?}");
+
+    let out = env.dir.join("tty-logger");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = env.dir.join("tty-logger.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         cat <&3 > \"$2/stdout\" &\n\
+         cat <&4 > \"$2/stderr\" &\n\
+         printf x >&5\n\
+         exec 5>&-\n\
+         wait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?dir={}", script.display(), out.display());
+    assert_eq!(run_to_exit_with(&env, "io-tty-bin", &args, &uri, "", true).await, 6);
+    let text = std::fs::read_to_string(out.join("stdout")).unwrap();
+    assert!(text.starts_with("out-tty\r\nerr-tty\r\n/dev/pts/"), "{text:?}");
+    assert_eq!(std::fs::read_to_string(out.join("stderr")).unwrap(), "");
 }
 
 /// 100 concurrent execs each writing 1 MiB of its own id: every byte exact, none mixed.
