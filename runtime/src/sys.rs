@@ -151,3 +151,14 @@ pub fn pass_fds(cmd: &mut Command, fds: Vec<(OwnedFd, RawFd)>) {
         });
     }
 }
+
+/// Returns free heap pages to the kernel (`malloc_trim(0)`). glibc keeps freed memory in the
+/// heap for reuse; after a burst of execs (each with its copy buffers) that is most of the
+/// shim's anonymous memory. Cheap when little is free.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks and releases the allocator's own free lists; it takes no
+    // pointers from us and is thread-safe in glibc (it locks every arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

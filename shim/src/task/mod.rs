@@ -170,6 +170,8 @@ impl Task for TaskService {
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         check_exec_id(&req.exec_id)?;
         let d = self.container(&req.id)?.delete(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+        // A deleted process's buffers are free now: give the pages back (idle RSS budget).
+        shim_runtime::sys::trim_heap();
         let mut r = DeleteResponse::new();
         r.pid = d.pid;
         r.exit_status = d.status;
