@@ -23,7 +23,10 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
-        let tmp = PathBuf::from(format!("/tmp/e2e-{}", std::process::id()));
+        // One dir per instance: tests of one binary run in parallel.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tmp = PathBuf::from(format!("/tmp/e2e-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).unwrap();
         let c = Containerd { dir: tmp.join("c"), tmp };
