@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps build release lint test test-loom demo bench clean
+.PHONY: help deps build release lint test test-loom soak demo bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,6 +27,9 @@ test: deps build lint ## everything CI runs: unit, property, loom, integration (
 
 test-loom: ## model-check the reaper's subscribe/route/claim protocol with loom
 	CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg shim_loom" $(CARGO) test -p shim-runtime --test loom_reaper --release
+
+soak: build ## full soak: 10 000 execs in batches of 50 + 1 000 create/start/delete cycles through one grouped shim (debug build)
+	SOAK_EXECS=$${SOAK_EXECS:-10000} SOAK_CYCLES=$${SOAK_CYCLES:-1000} target/debug/reap-run $(CARGO) test -p shim-tests --test soak -- --nocapture
 
 demo: deps release ## build, start a private containerd with this shim, run containers and an exec storm
 	$(CARGO) build -p shim-tests --bin reap-run

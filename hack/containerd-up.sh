@@ -51,8 +51,11 @@ mkdir -p "$DIR"
 PIDFILE="$DIR/containerd.pid"
 if [[ -s "$PIDFILE" ]]; then
 	oldpid=$(<"$PIDFILE")
+	# A containerd that was SIGKILLed may linger as a zombie until its reaper runs: that is
+	# not "running" (restart after a crash keeps DIR's state and starts afresh).
 	if [[ "$oldpid" =~ ^[0-9]+$ ]] && kill -0 "$oldpid" 2>/dev/null &&
-		[[ "$(cat "/proc/$oldpid/comm" 2>/dev/null)" == containerd ]]; then
+		[[ "$(cat "/proc/$oldpid/comm" 2>/dev/null)" == containerd ]] &&
+		[[ "$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$oldpid/stat" 2>/dev/null)" != Z ]]; then
 		die "containerd already running for $DIR (pid $oldpid)"
 	fi
 	rm -f "$PIDFILE"

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
@@ -341,6 +342,7 @@ pub fn delete(flags: &Flags) -> Result<()> {
     if let Err(e) = shim_runtime::mount::unmount_all(&bundle.join("rootfs")) {
         eprintln!("unmount rootfs: {e}");
     }
+    remove_dead_sockets(flags, &bundle);
     let pid =
         std::fs::read_to_string(bundle.join("init.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok()).unwrap_or(0);
     let mut resp = DeleteResponse::new();
@@ -350,6 +352,26 @@ pub fn delete(flags: &Flags) -> Result<()> {
     std::io::stdout().write_all(&resp.write_to_bytes()?)?;
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// Removes the socket of a shim that is gone (SIGKILLed shims cannot remove their own): the one
+/// named in `<bundle>/address` and the one derived from the flags. A socket something still
+/// listens on (a grouped shim serving other containers) is kept.
+fn remove_dead_sockets(flags: &Flags, bundle: &Path) {
+    let mut paths = vec![socket_path(&flags.address, &flags.namespace, &flags.id)];
+    if let Ok(a) = std::fs::read_to_string(bundle.join("address")) {
+        paths.push(PathBuf::from(a.trim().trim_start_matches("unix://")));
+    }
+    for p in paths {
+        // Only sockets in the shim socket dir, never a path the address file could point elsewhere.
+        let is_socket = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_socket());
+        if p.parent() != Some(Path::new(SOCKET_DIR)) || !is_socket || dial(&p) {
+            continue;
+        }
+        if let Err(e) = std::fs::remove_file(&p) {
+            eprintln!("remove shim socket {}: {e}", p.display());
+        }
+    }
 }
 
 #[cfg(test)]

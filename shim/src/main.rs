@@ -24,7 +24,16 @@ fn init_logging(debug: bool) {
         let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 2);
     }
     let level = if debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
-    let _ = tracing_subscriber::fmt().with_max_level(level).with_ansi(false).with_writer(std::io::stderr).try_init();
+    // stderr is containerd's `log` fifo: while containerd is down (or slow) a write fails with
+    // EPIPE (or EAGAIN). Such a log line is dropped. tracing-subscriber would otherwise report the
+    // failure with `eprintln!`, which panics on the same broken stderr and kills the task that
+    // logged (a container's actor: every later RPC on it answered "being deleted").
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .try_init();
 }
 
 use std::os::unix::fs::OpenOptionsExt;

@@ -23,7 +23,10 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
-        let tmp = PathBuf::from(format!("/tmp/e2e-{}", std::process::id()));
+        // One dir per instance: tests of one binary run in parallel.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tmp = PathBuf::from(format!("/tmp/e2e-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).unwrap();
         let c = Containerd { dir: tmp.join("c"), tmp };
@@ -115,4 +118,107 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
+}
+
+impl Containerd {
+    /// The pid of the `ctr tasks ls` row for `id`, if it has one.
+    pub fn task_pid(&self, id: &str) -> Option<u32> {
+        self.tasks().lines().find(|l| l.split_whitespace().next() == Some(id))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// `ctr tasks ps id`: (pid, exec id) per process; the init's exec id is empty.
+    pub fn ps(&self, id: &str) -> Vec<(u32, String)> {
+        let out = run_ok(&mut self.ctr(&["tasks", "ps", id]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let pid = l.split_whitespace().next()?.parse().ok()?;
+                let exec = l.split("ExecID:").nth(1).map(|r| r.split(',').next().unwrap_or("").to_owned());
+                Some((pid, exec.unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    /// containerd's pid (from `containerd.pid`).
+    pub fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("containerd.pid")).unwrap().trim().parse().unwrap()
+    }
+
+    /// Starts containerd again on the same dir (after it died); images and state are kept.
+    pub fn restart(&self) {
+        let mut up = Command::new(repo().join("hack/containerd-up.sh"));
+        up.arg(&self.dir);
+        if std::env::var("E2E_GO_SHIM").is_err() {
+            up.arg(shim_binary().parent().unwrap());
+        }
+        run_ok(&mut up);
+    }
+
+    /// containerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Number of events of `topic` in namespace NS that containerd logged as received from a
+    /// shim (`event forwarded`, debug level), in `log`.
+    pub fn forwarded(log: &str, topic: &str) -> usize {
+        let needle = format!("msg=\"event forwarded\" ns={NS} topic={topic} ");
+        log.lines().filter(|l| l.contains(&needle)).count()
+    }
+
+    /// The bundle containerd made for `id`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir.join("state/io.containerd.runtime.v2.task").join(NS).join(id)
+    }
+
+    /// The shim socket containerd derives for a (non-grouped) container `id`.
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        let joined = format!("{}/{NS}/{id}", self.socket());
+        let mut child = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(joined.as_bytes()).unwrap();
+        }
+        let hash = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+        Path::new("/run/containerd/s").join(hash.split_whitespace().next().unwrap())
+    }
+}
+
+/// Cgroup directories named `id` under the NS parent in every mounted hierarchy.
+pub fn cgroups_of(id: &str) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup ") || t.starts_with("cgroup2 ")))
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| Path::new(m).join(NS).join(id))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Pids of live processes whose argv is exactly `argv`.
+pub fn pids_with_argv(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            (std::fs::read(format!("/proc/{pid}/cmdline")).ok()? == want && crate::alive(pid)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Waits (bounded by `limit`) until `done` holds; returns whether it did.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -317,6 +317,8 @@ async fn delete_after_shim_sigkill_cleans_up() {
     assert!(resp.exited_at.seconds > 0);
     assert!(mounts_under(&bundle).is_empty(), "rootfs still mounted");
     assert!(!env.runc_root().join(NAMESPACE).join(id).exists(), "runc state left");
+    let socket = shim.address.trim_start_matches("unix://");
+    assert!(!std::path::Path::new(socket).exists(), "socket of the dead shim left: {socket}");
     for _ in 0..100 {
         if !alive(created.pid) {
             break;

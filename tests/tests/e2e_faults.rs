@@ -1,0 +1,256 @@
+//! Faults end to end through a private, real containerd with `ctr` (issue 9, SPEC §4.7 nos. 20
+//! and 21): the shim SIGKILLed in the middle of an exec storm, and containerd SIGKILLed and
+//! restarted while a storm is in flight.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use containerd_shim_protos::types::task::Status;
+use shim_tests::containerd::{cgroups_of, pids_with_argv, run_ok, wait_until, Containerd, IMAGE, NS};
+use shim_tests::{alive, connect, ctx, mounts_under, req};
+
+fn spawn_quiet(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// Waits for every child (bounded), killing the ones that outlive the bound.
+fn reap_all(children: Vec<Child>) -> Vec<Option<i32>> {
+    children
+        .into_iter()
+        .map(|mut ch| {
+            let done = wait_until(Duration::from_secs(60), || ch.try_wait().unwrap().is_some());
+            if !done {
+                let _ = ch.kill();
+            }
+            ch.wait().unwrap().code()
+        })
+        .collect()
+}
+
+/// SPEC §4.7 no. 21: the shim is SIGKILLed while ~50 `ctr tasks exec` are in flight. containerd
+/// runs `shim delete`, reports TaskExit 137, and nothing of the container is left.
+#[test]
+fn killed_shim_mid_storm_leaves_nothing() {
+    let c = Containerd::start();
+    let runc_root = c.dir.join("runc").display().to_string();
+    let fifo = c.dir.join("fifo").display().to_string();
+    let id = "t-shimkill";
+    let events_log = c.tmp.join("events.log");
+    let mut events = Command::new("ctr")
+        .args(["-a", &c.socket(), "events"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .spawn()
+        .unwrap();
+
+    // Distinctive argv so survivors can be found in /proc.
+    let init_argv = ["sleep", "9211"];
+    let exec_argv = ["sleep", "9212"];
+    let mut args = c.run_args(&runc_root, &fifo);
+    args.extend(["-d", IMAGE, id]);
+    args.extend(init_argv);
+    run_ok(&mut c.ctr(&args));
+    c.wait_status(id, "RUNNING");
+    let init_pid = c.task_pid(id).unwrap();
+    let shims = c.shims();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let shim = shims[0];
+    let socket = c.shim_socket(id);
+    assert!(socket.exists());
+
+    let n = 50;
+    let children: Vec<Child> = (0..n)
+        .map(|i| {
+            let exec_id = format!("x{i}");
+            let mut a = vec!["tasks", "exec", "--fifo-dir", &fifo, "--exec-id", &exec_id, id];
+            a.extend(exec_argv);
+            spawn_quiet(c.ctr(&a))
+        })
+        .collect();
+    // Mid-storm: some execs run, others are still on their way.
+    let mut execs = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            execs = c.ps(id).into_iter().filter(|(_, e)| !e.is_empty()).map(|(p, _)| p).collect();
+            execs.len() >= 10
+        }),
+        "execs never started"
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim.cast_signed()), nix::sys::signal::Signal::SIGKILL).unwrap();
+    eprintln!("shim {shim} SIGKILLed with {} of {n} execs running", execs.len());
+    let codes = reap_all(children);
+    assert!(codes.iter().all(|c| *c != Some(0)), "an exec of a killed shim reported success: {codes:?}");
+
+    // containerd reports the task's end: exactly one TaskExit 137 for the init, and TaskDelete.
+    let exits = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("/tasks/exit") && l.contains(&format!("\"container_id\":\"{id}\"")))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let log = std::fs::read_to_string(&events_log).unwrap();
+            !exits(&log).is_empty() && log.contains("/tasks/delete")
+        }),
+        "no TaskExit/TaskDelete after the shim died: {}",
+        std::fs::read_to_string(&events_log).unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let log = std::fs::read_to_string(&events_log).unwrap();
+    let init_exits: Vec<_> = exits(&log).into_iter().filter(|l| l.contains(&format!("\"id\":\"{id}\""))).collect();
+    assert_eq!(init_exits.len(), 1, "{init_exits:#?}");
+    assert!(init_exits[0].contains("\"exit_status\":137"), "{init_exits:?}");
+    assert!(init_exits[0].contains(&format!("\"pid\":{init_pid}")), "{init_exits:?}");
+    let _ = events.kill();
+    let _ = events.wait();
+
+    // containerd 1.6 drops a task whose shim died; a later `tasks delete` finds nothing.
+    assert!(wait_until(Duration::from_secs(10), || c.task_pid(id).is_none()), "{}", c.tasks());
+    let del = c.ctr(&["tasks", "delete", id]).output().unwrap();
+    assert!(
+        del.status.success() || String::from_utf8_lossy(&del.stderr).contains("not found"),
+        "tasks delete: {}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    run_ok(&mut c.ctr(&["containers", "delete", id]));
+
+    // Nothing left: processes (init, every exec recorded and any started later), runc state,
+    // rootfs mount, cgroups, shim socket.
+    assert!(wait_until(Duration::from_secs(10), || !alive(init_pid)), "init {init_pid} survived");
+    for p in &execs {
+        assert!(wait_until(Duration::from_secs(10), || !alive(*p)), "exec {p} survived");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || pids_with_argv(&exec_argv).is_empty()),
+        "exec processes survived: {:?}",
+        pids_with_argv(&exec_argv)
+    );
+    assert!(pids_with_argv(&init_argv).is_empty());
+    assert!(!c.dir.join("runc").join(NS).join(id).exists(), "runc state left");
+    assert!(mounts_under(&c.dir).is_empty(), "mounts left: {:?}", mounts_under(&c.dir));
+    assert!(cgroups_of(id).is_empty(), "cgroups left: {:?}", cgroups_of(id));
+    assert!(!socket.exists(), "shim socket left: {}", socket.display());
+    assert!(!c.bundle(id).exists(), "bundle left");
+}
+
+/// SPEC §4.7 no. 20: containerd is SIGKILLed while 100 execs are in flight and restarted. The
+/// shim keeps serving, the container stays RUNNING, an exec that exited during the downtime
+/// reports its real status, and every exec that started gets its TaskExit delivered (0 lost).
+#[test]
+fn containerd_restart_mid_storm_loses_no_event() {
+    let c = Containerd::start();
+    let runc_root = c.dir.join("runc").display().to_string();
+    let fifo = c.dir.join("fifo").display().to_string();
+    let id = "t-restart";
+    let mut args = c.run_args(&runc_root, &fifo);
+    args.extend(["-d", IMAGE, id, "sleep", "9221"]);
+    run_ok(&mut c.ctr(&args));
+    c.wait_status(id, "RUNNING");
+    let init_pid = c.task_pid(id).unwrap();
+    let shim = c.shims();
+    assert_eq!(shim.len(), 1);
+    let shim = shim[0];
+
+    // An exec that exits with 42 once told to, which happens while containerd is down.
+    let go = c.bundle(id).join("rootfs/late-go");
+    let late_script = "while [ ! -e /late-go ]; do sleep 0.05; done; exit 42";
+    run_ok(&mut c.ctr(&["tasks", "exec", "-d", "--fifo-dir", &fifo, "--exec-id", "late", id, "sh", "-c", late_script]));
+    let late_pid = c.ps(id).into_iter().find(|(_, e)| e == "late").unwrap().0;
+
+    let n = 100;
+    let children: Vec<Child> = (0..n)
+        .map(|i| {
+            let exec_id = format!("s{i}");
+            let code = format!("sleep 1; exit {}", i % 7);
+            spawn_quiet(c.ctr(&["tasks", "exec", "--fifo-dir", &fifo, "--exec-id", &exec_id, id, "sh", "-c", &code]))
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || Containerd::forwarded(&c.log(), "/tasks/exec-started") >= 21),
+        "storm never got going"
+    );
+    let cpid = c.pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cpid.cast_signed()), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !alive(cpid)), "containerd survived SIGKILL");
+    let log_at_kill = c.log().len();
+    let codes = reap_all(children);
+    let ok = codes.iter().enumerate().filter(|(i, c)| **c == Some(i32::try_from(i % 7).unwrap())).count();
+
+    // containerd is down: the late exec exits, and every exec still running finishes.
+    std::fs::write(&go, b"").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !alive(late_pid)), "late exec did not exit");
+    let children_of_shim = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                stat.rsplit_once(") ").and_then(|(_, r)| r.split(' ').nth(1)?.parse::<u32>().ok()) == Some(shim)
+            })
+            .filter(|p| *p != init_pid && alive(*p))
+            .count()
+    };
+    assert!(wait_until(Duration::from_secs(30), || children_of_shim() == 0), "execs still running");
+    assert!(alive(shim), "the shim must survive containerd's death");
+
+    c.restart();
+    assert_eq!(c.shims(), vec![shim], "the same shim serves after the restart");
+    assert!(
+        c.tasks().lines().any(|l| l.starts_with(id) && l.contains("RUNNING")),
+        "{}\ncontainerd log since the kill:\n{}",
+        c.tasks(),
+        &c.log()[log_at_kill..]
+    );
+    assert_eq!(c.task_pid(id), Some(init_pid));
+    assert!(c.ps(id).iter().any(|(p, e)| *p == init_pid && e.is_empty()), "Pids lists the init");
+    let out = c
+        .ctr(&["tasks", "exec", "--fifo-dir", &fifo, "--exec-id", "after", id, "sh", "-c", "exit 5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The exec that exited while containerd was away reports its real status to a client that
+    // connects after the restart, as containerd's does.
+    let address = std::fs::read_to_string(c.bundle(id).join("address")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = connect(address.trim()).await;
+        let st = client.state(ctx(), &req::state(id, "late")).await.unwrap();
+        assert_eq!(st.status.enum_value().unwrap(), Status::STOPPED);
+        assert_eq!(st.exit_status, 42);
+        assert_eq!(client.wait(ctx(), &req::wait(id, "late")).await.unwrap().exit_status, 42);
+        let st = client.state(ctx(), &req::state(id, "")).await.unwrap();
+        assert_eq!(st.status.enum_value().unwrap(), Status::RUNNING);
+    });
+
+    // Every exec that started (TaskExecStarted received by containerd) gets its TaskExit
+    // received by containerd, across the restart: none lost, none doubled.
+    let counts = || {
+        let log = c.log();
+        (Containerd::forwarded(&log, "/tasks/exec-started"), Containerd::forwarded(&log, "/tasks/exit"))
+    };
+    wait_until(Duration::from_secs(30), || {
+        let (s, e) = counts();
+        s == e
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (started, exited) = counts();
+    let after = &c.log()[log_at_kill..];
+    eprintln!(
+        "containerd restart: {ok} of {n} storm `ctr tasks exec` got their exit code before the kill; {started} execs started, \
+         {exited} TaskExit received ({} TaskExit and {} TaskExecStarted delivered after the restart); lost: {}",
+        Containerd::forwarded(after, "/tasks/exit"),
+        Containerd::forwarded(after, "/tasks/exec-started"),
+        started.saturating_sub(exited)
+    );
+    assert_eq!(started, exited, "TaskExit events lost or doubled across the restart");
+    assert!(Containerd::forwarded(after, "/tasks/exit") >= 2, "the late exit and the new exec's exit came after");
+
+    run_ok(&mut c.ctr(&["tasks", "kill", "-s", "SIGKILL", id]));
+    c.wait_status(id, "STOPPED");
+    run_ok(&mut c.ctr(&["tasks", "delete", id]));
+    run_ok(&mut c.ctr(&["containers", "delete", id]));
+    assert!(wait_until(Duration::from_secs(10), || !alive(shim)), "shim did not exit after delete");
+}
