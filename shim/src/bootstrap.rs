@@ -358,7 +358,7 @@ pub fn delete(flags: &Flags) -> Result<()> {
 /// named in `<bundle>/address` and the one derived from the flags. A socket something still
 /// listens on (a grouped shim serving other containers) is kept.
 fn remove_dead_sockets(flags: &Flags, bundle: &Path) {
-    let mut paths = vec![socket_path(&flags.address, &flags.namespace, &flags.id)];
+    let mut paths = vec![socket_path_in(SOCKET_DIR, &flags.address, &flags.namespace, &flags.id)];
     if let Ok(a) = std::fs::read_to_string(bundle.join("address")) {
         paths.push(PathBuf::from(a.trim().trim_start_matches("unix://")));
     }
