@@ -263,3 +263,66 @@ fn ctr_run_and_exec_with_a_terminal() {
     }
     assert!(c.shims().is_empty(), "shims left: {:?}", c.shims());
 }
+
+/// Through containerd with `ctr`: pause and resume (status and events), metrics from the
+/// container's cgroup, and a memory hog OOM-killed under `--memory-limit`: TaskOOM, then
+/// TaskExit 137.
+#[test]
+fn ctr_pause_resume_metrics_and_oom() {
+    let c = Containerd::start();
+    let runc_root = c.dir.join("runc").display().to_string();
+    let fifo = c.dir.join("fifo").display().to_string();
+    let events_log = c.tmp.join("events.log");
+    let mut events = Command::new("ctr")
+        .args(["-a", &c.socket(), "events"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut args = c.run_args(&runc_root, &fifo);
+    args.extend(["-d", IMAGE, "t-ctl", "sleep", "1000"]);
+    run_ok(&mut c.ctr(&args));
+    c.wait_status("t-ctl", "RUNNING");
+    run_ok(&mut c.ctr(&["tasks", "pause", "t-ctl"]));
+    c.wait_status("t-ctl", "PAUSED");
+    run_ok(&mut c.ctr(&["tasks", "resume", "t-ctl"]));
+    c.wait_status("t-ctl", "RUNNING");
+    let metrics = String::from_utf8(run_ok(&mut c.ctr(&["tasks", "metrics", "t-ctl"])).stdout).unwrap();
+    assert!(metrics.contains("memory.usage_in_bytes"), "metrics: {metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("pids.current") && l.trim_end().ends_with('1')), "{metrics}");
+    run_ok(&mut c.ctr(&["tasks", "kill", "-s", "SIGKILL", "t-ctl"]));
+    c.wait_status("t-ctl", "STOPPED");
+    run_ok(&mut c.ctr(&["tasks", "delete", "t-ctl"]));
+    run_ok(&mut c.ctr(&["containers", "delete", "t-ctl"]));
+
+    // A memory hog under a 16 MiB limit.
+    let mut args = c.run_args(&runc_root, &fifo);
+    args.extend([
+        "--rm",
+        "--memory-limit",
+        "16777216",
+        IMAGE,
+        "t-oom",
+        "sh",
+        "-c",
+        "x=0123456789; while true; do x=\"$x$x\"; done",
+    ]);
+    let out = c.ctr(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(137), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = events.kill();
+    let _ = events.wait();
+    let log = std::fs::read_to_string(&events_log).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let find = |topic: &str, id: &str| {
+        lines.iter().position(|l| l.contains(topic) && l.contains(&format!("\"container_id\":\"{id}\"")))
+    };
+    assert!(find("/tasks/paused", "t-ctl").is_some(), "{log}");
+    assert!(find("/tasks/resumed", "t-ctl") > find("/tasks/paused", "t-ctl"), "{log}");
+    let oom = find("/tasks/oom", "t-oom").unwrap_or_else(|| panic!("no TaskOOM: {log}"));
+    let exit = find("/tasks/exit", "t-oom").unwrap_or_else(|| panic!("no TaskExit: {log}"));
+    assert!(oom < exit, "TaskOOM before TaskExit: {log}");
+    assert!(lines[exit].contains("\"exit_status\":137"), "{}", lines[exit]);
+}
