@@ -73,6 +73,18 @@ impl Containerd {
         panic!("{id} never reached {status}: {}", self.tasks());
     }
 
+    /// `ctr events` for this containerd, written to `log` until the child is killed.
+    pub fn subscribe_events(&self, log: &Path) -> std::process::Child {
+        let child = Command::new("ctr")
+            .args(["-a", &self.socket(), "events"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        child
+    }
+
     /// Pids of shim processes serving this containerd.
     pub fn shims(&self) -> Vec<u32> {
         let needle = format!("-address\0{}\0", self.socket());

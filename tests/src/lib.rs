@@ -441,6 +441,14 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// Task API requests for a container `id` and an exec id (empty for the init).
+/// Rewrites a bundle's `config.json` in place (e.g. to ask for a terminal or set resources).
+pub fn edit_spec(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    f(&mut spec);
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+}
+
 /// A private real containerd for end-to-end tests.
 pub mod containerd;
 

@@ -196,10 +196,7 @@ async fn oom_kill_is_reported_before_the_exit() {
     let env = TestEnv::new().await;
     let id = "ctl-oom";
     let bundle = env.bundle(id, &["sh", "-c", "x=0123456789; while true; do x=\"$x$x\"; done"], &[]);
-    let config = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": 16_777_216}});
-    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    edit_spec(&bundle, |spec| spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": 16_777_216}}));
     let shim = env.start_shim(id, &bundle).await;
     shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
     shim.client.start(ctx(), &id_req(|r: &mut api::StartRequest| r.id = id.into())).await.unwrap();

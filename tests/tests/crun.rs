@@ -174,10 +174,7 @@ async fn crun_pause_resume_update_stats_pids_and_tty() {
     let env = crun_env().await;
     let id = "crun-ctl";
     let bundle = env.bundle(id, &["sh"], &[]);
-    let config = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    spec["process"]["terminal"] = serde_json::Value::Bool(true);
-    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    edit_spec(&bundle, |spec| spec["process"]["terminal"] = serde_json::Value::Bool(true));
     let shim = env.start_shim(id, &bundle).await;
     let out = env.fifo("tty-out");
     let input = env.fifo("tty-in");

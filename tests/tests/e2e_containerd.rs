@@ -17,13 +17,7 @@ fn ctr_run_exit_codes_kill_exec_storm_and_cleanup() {
 
     // Subscribe to the event stream for the whole test.
     let events_log = c.tmp.join("events.log");
-    let mut events = Command::new("ctr")
-        .args(["-a", &c.socket(), "events"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&events_log).unwrap())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut events = c.subscribe_events(&events_log);
 
     // 1. `ctr run --rm` of `sh -c 'echo hi; exit 3'` prints hi and exits 3.
     let mut args = c.run_args(&runc_root, &fifo);
@@ -273,13 +267,7 @@ fn ctr_pause_resume_metrics_and_oom() {
     let runc_root = c.dir.join("runc").display().to_string();
     let fifo = c.dir.join("fifo").display().to_string();
     let events_log = c.tmp.join("events.log");
-    let mut events = Command::new("ctr")
-        .args(["-a", &c.socket(), "events"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&events_log).unwrap())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut events = c.subscribe_events(&events_log);
 
     let mut args = c.run_args(&runc_root, &fifo);
     args.extend(["-d", IMAGE, "t-ctl", "sleep", "1000"]);

@@ -37,12 +37,7 @@ fn killed_shim_mid_storm_leaves_nothing() {
     let fifo = c.dir.join("fifo").display().to_string();
     let id = "t-shimkill";
     let events_log = c.tmp.join("events.log");
-    let mut events = Command::new("ctr")
-        .args(["-a", &c.socket(), "events"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&events_log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut events = c.subscribe_events(&events_log);
 
     // Distinctive argv so survivors can be found in /proc.
     let init_argv = ["sleep", "9211"];

@@ -14,10 +14,7 @@ async fn run_to_exit(env: &TestEnv, id: &str, args: &[&str], stdout: &str, stder
 async fn run_to_exit_with(env: &TestEnv, id: &str, args: &[&str], stdout: &str, stderr: &str, tty: bool) -> u32 {
     let bundle = env.bundle(id, args, &[]);
     if tty {
-        let config = bundle.join("config.json");
-        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-        spec["process"]["terminal"] = serde_json::Value::Bool(true);
-        std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+        edit_spec(&bundle, |spec| spec["process"]["terminal"] = serde_json::Value::Bool(true));
     }
     let shim = env.start_shim(id, &bundle).await;
     let mut req = env.create_request(id, &bundle);

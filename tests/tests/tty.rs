@@ -34,10 +34,7 @@ async fn tty_init_resize_input_and_exit_code() {
     let id = "tty-init";
     let bundle = env.bundle(id, &["sh"], &[]);
     // As containerd does for `-t`: the spec asks for a terminal too.
-    let config = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    spec["process"]["terminal"] = serde_json::Value::Bool(true);
-    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    edit_spec(&bundle, |spec| spec["process"]["terminal"] = serde_json::Value::Bool(true));
     let shim = env.start_shim(id, &bundle).await;
     let baseline = fd_count(shim.pid);
     let out = env.fifo("tty-out");
@@ -132,10 +129,7 @@ async fn tty_stdin_eof_hangs_up_the_session() {
     let env = TestEnv::new().await;
     let id = "tty-hup";
     let bundle = env.bundle(id, &["sleep", "1000"], &[]);
-    let config = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    spec["process"]["terminal"] = serde_json::Value::Bool(true);
-    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    edit_spec(&bundle, |spec| spec["process"]["terminal"] = serde_json::Value::Bool(true));
     let shim = env.start_shim(id, &bundle).await;
     let mut req = env.create_request(id, &bundle);
     req.terminal = true;
