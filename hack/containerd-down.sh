@@ -273,7 +273,16 @@ if [[ -f "$DIR/cgroups.before" ]]; then
 		for ns in "${!NAMESPACES[@]}"; do
 			cg="$mnt/$ns"
 			[[ -d "$cg" ]] || continue
-			existed_before "$cg" cgroups.before && continue
+			if existed_before "$cg" cgroups.before; then
+				# Another private containerd using the same namespace name may have made it
+				# (tests run several at once): remove it only if empty, and never for the
+				# namespaces a system containerd, Docker or Kubernetes use.
+				case "$ns" in
+				default | k8s.io | moby | buildkit) ;;
+				*) rmdir "$cg" 2>/dev/null || true ;;
+				esac
+				continue
+			fi
 			find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 		done
 	done < <(awk '$9 == "cgroup" || $9 == "cgroup2" { print $5 }' /proc/self/mountinfo)
