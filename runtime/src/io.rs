@@ -198,13 +198,10 @@ impl ProcessIo {
             // A logger with a terminal (as the Go shim's copyConsole): the logger gets its
             // pipes now; the terminal's output is copied into the stdout pipe once the master
             // arrives, and stderr (merged into the terminal) is closed at once.
-            let without_stdin = StdioConfig { stdin: String::new(), ..cfg.clone() };
             let logged = match target {
                 Target::Fifo(_) => None,
-                Target::File(path) => Some(Self::to_file(&without_stdin, &path, uid, gid)?),
-                Target::Binary(program, args) => {
-                    Some(Self::to_binary(&without_stdin, &program, &args, uid, gid, ctx).await?)
-                }
+                Target::File(path) => Some(Self::to_file(&path, uid, gid)?),
+                Target::Binary(program, args) => Some(Self::to_binary(&program, &args, uid, gid, ctx).await?),
             };
             let logged = match logged {
                 Some((io, RuntimeStdio { stdout: Some(out_w), .. })) => Some((io, out_w)),
@@ -216,14 +213,23 @@ impl ProcessIo {
         }
         let (io, rt) = match target {
             Target::Fifo(_) => Self::pipes(cfg, uid, gid).await?,
-            Target::File(path) => Self::to_file(cfg, &path, uid, gid)?,
-            Target::Binary(program, args) => Self::to_binary(cfg, &program, &args, uid, gid, ctx).await?,
+            Target::File(path) => {
+                let (mut io, mut rt) = Self::to_file(&path, uid, gid)?;
+                Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
+                (io, rt)
+            }
+            Target::Binary(program, args) => {
+                let (mut io, mut rt) = Self::to_binary(&program, &args, uid, gid, ctx).await?;
+                Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
+                (io, rt)
+            }
         };
         Ok((Prepared::Pipes(io), rt))
     }
 
-    /// `file://`: both streams appended to one file.
-    fn to_file(cfg: &StdioConfig, path: &Path, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
+    /// `file://`: both streams appended to one file (stdout and stderr only; stdin is the
+    /// caller's, which differs between pipe and terminal mode).
+    fn to_file(path: &Path, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
         let shown = path.display().to_string();
         let file = logger::open_file(path).map_err(|e| IoError::Open {
             what: "open log file",
@@ -236,13 +242,12 @@ impl ProcessIo {
         let (out_r, err_r) = output_pipes(&mut rt, &shown, uid, gid)?;
         io.outputs.push(tokio::spawn(logger::copy_to_file(out_r, Arc::clone(&file))));
         io.outputs.push(tokio::spawn(logger::copy_to_file(err_r, file)));
-        Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
         Ok((io, rt))
     }
 
-    /// `binary://`: a logging process reads both streams.
+    /// `binary://`: a logging process reads both streams (stdin is the caller's, as for
+    /// `file://`).
     async fn to_binary(
-        cfg: &StdioConfig,
         program: &Path,
         args: &[String],
         uid: u32,
@@ -257,7 +262,6 @@ impl ProcessIo {
             .await
             .map_err(|e| IoError::Open { what: "start logging binary", path: shown, source: e })?;
         io.logger = Some(logger);
-        Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
         Ok((io, rt))
     }
 
