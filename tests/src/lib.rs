@@ -508,6 +508,13 @@ pub mod req {
         m
     }
 
+    /// Any request, built by `set` from its default (for fields the builders here do not take).
+    pub fn id_req<M: protobuf::Message + Default>(set: impl FnOnce(&mut M)) -> M {
+        let mut m = M::default();
+        set(&mut m);
+        m
+    }
+
     /// Kill request with `signal`.
     pub fn kill(id: &str, exec_id: &str, signal: u32) -> api::KillRequest {
         let mut m = api::KillRequest::new();

@@ -7,14 +7,9 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::types::task::Status;
 use protobuf::well_known_types::any::Any;
 use protobuf::Message;
+use shim_tests::req::id_req;
 use shim_tests::*;
 use ttrpc::Code;
-
-fn id_req<M: protobuf::Message + Default>(set: impl FnOnce(&mut M)) -> M {
-    let mut m = M::default();
-    set(&mut m);
-    m
-}
 
 async fn status(shim: &Shim, id: &str, exec_id: &str) -> Status {
     let r = shim

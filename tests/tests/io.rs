@@ -1,6 +1,7 @@
 //! Stdio: loggers, lossless output under load, drain bounds (issue 5; SPEC §5, §4.7 no. 18).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api;
@@ -29,6 +30,29 @@ async fn run_to_exit_with(env: &TestEnv, id: &str, args: &[&str], stdout: &str, 
     status
 }
 
+/// A logging binary (a shell script) that records its environment and arguments in
+/// `<out>/env` and the container's stdout and stderr in `<out>/stdout` and `<out>/stderr`, then
+/// signals readiness on fd 5. Returns the script, `out` and the `binary://` URI.
+fn binary_logger(env: &TestEnv, name: &str) -> (PathBuf, PathBuf, String) {
+    let out = env.dir.join(format!("{name}-out"));
+    std::fs::create_dir_all(&out).unwrap();
+    let script = env.dir.join(format!("{name}.sh"));
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         echo \"$CONTAINER_ID $CONTAINER_NAMESPACE $*\" > \"$2/env\"\n\
+         cat <&3 > \"$2/stdout\" &\n\
+         cat <&4 > \"$2/stderr\" &\n\
+         printf x >&5\n\
+         exec 5>&-\n\
+         wait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?dir={}", script.display(), out.display());
+    (script, out, uri)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_logger_gets_both_streams() {
     let env = TestEnv::new().await;
@@ -49,22 +73,7 @@ async fn file_logger_gets_both_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_logger_gets_streams_and_environment() {
     let env = TestEnv::new().await;
-    let out = env.dir.join("logger-out");
-    std::fs::create_dir_all(&out).unwrap();
-    let script = env.dir.join("logger.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\n\
-         echo \"$CONTAINER_ID $CONTAINER_NAMESPACE $*\" > \"$2/env\"\n\
-         cat <&3 > \"$2/stdout\" &\n\
-         cat <&4 > \"$2/stderr\" &\n\
-         printf x >&5\n\
-         exec 5>&-\n\
-         wait\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let uri = format!("binary://{}?dir={}", script.display(), out.display());
+    let (script, out, uri) = binary_logger(&env, "logger");
     let status = run_to_exit(&env, "io-bin", &["sh", "-c", "echo to-out; echo to-err >&2; exit 4"], &uri, &uri).await;
     assert_eq!(status, 4);
     assert_eq!(std::fs::read_to_string(out.join("stdout")).unwrap(), "to-out\n");
@@ -96,21 +105,7 @@ async fn loggers_with_a_terminal() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.starts_with("out-tty\r\nerr-tty\r\n/dev/pts/"), "{text:?}");
 
-    let out = env.dir.join("tty-logger");
-    std::fs::create_dir_all(&out).unwrap();
-    let script = env.dir.join("tty-logger.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\n\
-         cat <&3 > \"$2/stdout\" &\n\
-         cat <&4 > \"$2/stderr\" &\n\
-         printf x >&5\n\
-         exec 5>&-\n\
-         wait\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let uri = format!("binary://{}?dir={}", script.display(), out.display());
+    let (_, out, uri) = binary_logger(&env, "tty-logger");
     assert_eq!(run_to_exit_with(&env, "io-tty-bin", &args, &uri, "", true).await, 6);
     let text = std::fs::read_to_string(out.join("stdout")).unwrap();
     assert!(text.starts_with("out-tty\r\nerr-tty\r\n/dev/pts/"), "{text:?}");
@@ -152,10 +147,7 @@ async fn concurrent_exec_output_is_exact() {
         assert_eq!(out.len(), SIZE, "{exec_id}: {} bytes", out.len());
         assert!(out == expect, "{exec_id}: content differs");
     }
-    let mut k = api::KillRequest::new();
-    k.id = id.into();
-    k.signal = 9;
-    shim.client.kill(ctx(), &k).await.unwrap();
+    shim.client.kill(ctx(), &shim_tests::req::kill(id, "", 9)).await.unwrap();
     shim.client.wait(ctx(), &wait(id, "")).await.unwrap();
     shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
@@ -183,10 +175,7 @@ async fn exec_delete_does_not_hang_on_background_child() {
     assert!(d.expect("exec Delete hung").is_ok());
     eprintln!("exec delete with a background child holding stdout took {:?}", t.elapsed());
     assert_eq!(reader.await.unwrap(), b"started\n");
-    let mut k = api::KillRequest::new();
-    k.id = id.into();
-    k.signal = 9;
-    shim.client.kill(ctx(), &k).await.unwrap();
+    shim.client.kill(ctx(), &shim_tests::req::kill(id, "", 9)).await.unwrap();
     shim.client.wait(ctx(), &wait(id, "")).await.unwrap();
     shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;

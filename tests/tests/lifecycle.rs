@@ -7,16 +7,11 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
 use containerd_shim_protos::types::task::Status;
 use protobuf::Message;
+use shim_tests::req::id_req;
 use shim_tests::*;
 use ttrpc::Code;
 
 const EVENT_WAIT: Duration = Duration::from_secs(20);
-
-fn id_req<M: Message + Default>(set: impl FnOnce(&mut M)) -> M {
-    let mut m = M::default();
-    set(&mut m);
-    m
-}
 
 async fn wait(shim: &Shim, id: &str) -> api::WaitResponse {
     shim.client.wait(ctx(), &id_req(|r: &mut api::WaitRequest| r.id = id.into())).await.unwrap()

@@ -112,10 +112,7 @@ async fn tty_exec_large_output_is_complete() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(pty_fds(shim.pid), 0, "pty fds kept after exec delete");
     assert!(fd_count(shim.pid) <= baseline, "fds {} > baseline {baseline}", fd_count(shim.pid));
-    let mut k = api::KillRequest::new();
-    k.id = id.into();
-    k.signal = 9;
-    shim.client.kill(ctx(), &k).await.unwrap();
+    shim.client.kill(ctx(), &shim_tests::req::kill(id, "", 9)).await.unwrap();
     shim.client.wait(ctx(), &wait(id, "")).await.unwrap();
     shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
