@@ -201,6 +201,12 @@ impl Proc {
     fn new(state: State, pid: u32, stdio: StdioConfig, io: Option<ProcessIo>) -> Self {
         Proc { state, starting: false, pid, stdio, exit: None, exit_tx: watch::channel(None).0, io, spec: None }
     }
+
+    /// What Delete reports: its exit, or status 0 at the epoch for a process that never ran.
+    fn deleted(&self) -> Deleted {
+        let exit = self.exit.unwrap_or(ExitInfo { pid: self.pid, status: 0, at: SystemTime::UNIX_EPOCH });
+        Deleted { pid: self.pid, status: exit.status, at: exit.at }
+    }
 }
 
 /// What Create hands to the actor.
@@ -725,8 +731,7 @@ impl Actor {
             self.shared.reaper.forget_pid(p.pid);
         }
         let _ = std::fs::remove_file(self.bundle.join(format!("{exec_id}.pid")));
-        let exit = p.exit.unwrap_or(ExitInfo { pid: p.pid, status: 0, at: SystemTime::UNIX_EPOCH });
-        let deleted = Deleted { pid: p.pid, status: exit.status, at: exit.at };
+        let deleted = p.deleted();
         let io = p.io.take();
         let exec_id = exec_id.to_owned();
         self.tasks.spawn(async move {
@@ -763,13 +768,13 @@ impl Actor {
             let _ = reply.send(Err(e));
             return false;
         }
-        let exit = self.init.exit.unwrap_or(ExitInfo { pid: self.init.pid, status: 0, at: SystemTime::UNIX_EPOCH });
+        let deleted = self.init.deleted();
         self.init.state = State::Deleted;
         let mut ev = TaskDelete::new();
         ev.container_id = self.id.clone();
-        ev.pid = self.init.pid;
-        ev.exit_status = exit.status;
-        ev.exited_at = protobuf::MessageField::some(shim_events::publisher::timestamp(exit.at));
+        ev.pid = deleted.pid;
+        ev.exit_status = deleted.status;
+        ev.exited_at = protobuf::MessageField::some(shim_events::publisher::timestamp(deleted.at));
         let steps = self.seq.deleted(ev);
         self.apply(steps);
         for p in self.execs.values().chain(std::iter::once(&self.init)) {
@@ -779,7 +784,7 @@ impl Actor {
         }
         // Leave the registry before replying, so a Shutdown right after sees no container.
         self.shared.registry.remove(&self.id);
-        let _ = reply.send(Ok(Deleted { pid: self.init.pid, status: exit.status, at: exit.at }));
+        let _ = reply.send(Ok(deleted));
         true
     }
 
