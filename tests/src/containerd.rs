@@ -19,6 +19,10 @@ pub fn repo() -> PathBuf {
 pub struct Containerd {
     pub tmp: PathBuf,
     pub dir: PathBuf,
+    /// runc's state root for `ctr run --runc-root` (DIR/runc), keeping runc state private.
+    pub runc_root: String,
+    /// `--fifo-dir` for `ctr run` and `ctr tasks exec` (DIR/fifo).
+    pub fifo: String,
 }
 
 impl Containerd {
@@ -29,7 +33,9 @@ impl Containerd {
         let tmp = PathBuf::from(format!("/tmp/e2e-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).unwrap();
-        let c = Containerd { dir: tmp.join("c"), tmp };
+        let dir = tmp.join("c");
+        let (runc_root, fifo) = (dir.join("runc").display().to_string(), dir.join("fifo").display().to_string());
+        let c = Containerd { dir, tmp, runc_root, fifo };
         let shim_dir = shim_binary().parent().unwrap().to_path_buf();
         run_ok(Command::new(repo().join("hack/mkimage.sh")).arg(c.tmp.join("image.tar")));
         let mut up = Command::new(repo().join("hack/containerd-up.sh"));
@@ -54,8 +60,9 @@ impl Containerd {
         cmd
     }
 
-    pub fn run_args<'a>(&'a self, runc_root: &'a str, fifo: &'a str) -> Vec<&'a str> {
-        vec!["run", "--runc-root", runc_root, "--fifo-dir", fifo]
+    /// `ctr run` with this containerd's private runc root and fifo dir.
+    pub fn run_args(&self) -> Vec<&str> {
+        vec!["run", "--runc-root", &self.runc_root, "--fifo-dir", &self.fifo]
     }
 
     pub fn tasks(&self) -> String {

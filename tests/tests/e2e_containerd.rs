@@ -12,15 +12,14 @@ use shim_tests::{mounts_under, shim_binary};
 #[test]
 fn ctr_run_exit_codes_kill_exec_storm_and_cleanup() {
     let c = Containerd::start();
-    let runc_root = c.dir.join("runc").display().to_string();
-    let fifo = c.dir.join("fifo").display().to_string();
+    let fifo = &c.fifo;
 
     // Subscribe to the event stream for the whole test.
     let events_log = c.tmp.join("events.log");
     let mut events = c.subscribe_events(&events_log);
 
     // 1. `ctr run --rm` of `sh -c 'echo hi; exit 3'` prints hi and exits 3.
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["--rm", IMAGE, "t-exit", "sh", "-c", "echo hi; exit 3"]);
     let out = c.ctr(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
@@ -36,7 +35,7 @@ fn ctr_run_exit_codes_kill_exec_storm_and_cleanup() {
     assert!(exits[0].contains("\"exit_status\":3"), "{exits:?}");
 
     // 2. A container killed with SIGKILL reports 137.
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["--rm", IMAGE, "t-kill", "sleep", "1000"]);
     let mut child = c.ctr(&args).stdout(Stdio::null()).spawn().unwrap();
     c.wait_status("t-kill", "RUNNING");
@@ -51,7 +50,7 @@ fn ctr_run_exit_codes_kill_exec_storm_and_cleanup() {
     assert_eq!(child.wait().unwrap().code(), Some(137));
 
     // 3. A concurrent exec storm through containerd: 100 `ctr tasks exec`, each its own status.
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["-d", IMAGE, "t-storm", "sleep", "1000"]);
     run_ok(&mut c.ctr(&args));
     c.wait_status("t-storm", "RUNNING");
@@ -65,7 +64,7 @@ fn ctr_run_exit_codes_kill_exec_storm_and_cleanup() {
             let code = format!("echo out-{i}; exit {}", i % 7);
             let exec_id = format!("e{i}");
             let child = c
-                .ctr(&["tasks", "exec", "--fifo-dir", &fifo, "--exec-id", &exec_id, "t-storm", "sh", "-c", &code])
+                .ctr(&["tasks", "exec", "--fifo-dir", fifo, "--exec-id", &exec_id, "t-storm", "sh", "-c", &code])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -217,12 +216,11 @@ impl PtyCtr {
 #[test]
 fn ctr_run_and_exec_with_a_terminal() {
     let c = Containerd::start();
-    let runc_root = c.dir.join("runc").display().to_string();
-    let fifo = c.dir.join("fifo").display().to_string();
+    let fifo = &c.fifo;
 
     // `ctr run -t`: the shell starts with the caller's terminal size, typed input runs, a
     // resize is seen by `stty size` inside, and the exit code comes back.
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["-t", "--rm", IMAGE, "t-tty", "sh"]);
     let mut run = PtyCtr::spawn(&c, &args);
     assert!(run.wait_for("# ", Duration::from_secs(30)), "no prompt: {}", run.text());
@@ -234,12 +232,12 @@ fn ctr_run_and_exec_with_a_terminal() {
     run.exit_code(5);
 
     // `ctr tasks exec -t` on a running container: the same for the exec's own terminal.
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["-d", IMAGE, "t-tty-exec", "sleep", "1000"]);
     run_ok(&mut c.ctr(&args));
     c.wait_status("t-tty-exec", "RUNNING");
     let mut exec =
-        PtyCtr::spawn(&c, &["tasks", "exec", "-t", "--fifo-dir", &fifo, "--exec-id", "x1", "t-tty-exec", "sh"]);
+        PtyCtr::spawn(&c, &["tasks", "exec", "-t", "--fifo-dir", fifo, "--exec-id", "x1", "t-tty-exec", "sh"]);
     assert!(exec.wait_for("# ", Duration::from_secs(30)), "no prompt: {}", exec.text());
     exec.type_line("echo exec-$((6*7)); tty");
     assert!(exec.wait_for("exec-42", Duration::from_secs(10)), "input: {}", exec.text());
@@ -264,12 +262,10 @@ fn ctr_run_and_exec_with_a_terminal() {
 #[test]
 fn ctr_pause_resume_metrics_and_oom() {
     let c = Containerd::start();
-    let runc_root = c.dir.join("runc").display().to_string();
-    let fifo = c.dir.join("fifo").display().to_string();
     let events_log = c.tmp.join("events.log");
     let mut events = c.subscribe_events(&events_log);
 
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["-d", IMAGE, "t-ctl", "sleep", "1000"]);
     run_ok(&mut c.ctr(&args));
     c.wait_status("t-ctl", "RUNNING");
@@ -286,7 +282,7 @@ fn ctr_pause_resume_metrics_and_oom() {
     run_ok(&mut c.ctr(&["containers", "delete", "t-ctl"]));
 
     // A memory hog under a 16 MiB limit.
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend([
         "--rm",
         "--memory-limit",

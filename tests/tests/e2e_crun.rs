@@ -11,26 +11,25 @@ use shim_tests::{mounts_under, TestEnv};
 #[test]
 fn ctr_run_and_exec_with_crun() {
     let c = Containerd::start();
-    let runc_root = c.dir.join("runc").display().to_string();
-    let fifo = c.dir.join("fifo").display().to_string();
+    let fifo = &c.fifo;
     let crun = TestEnv::crun_wrapper().display().to_string();
 
     // `ctr run --rm`: output and exit code.
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["--runc-binary", &crun, "--rm", IMAGE, "crun-exit", "sh", "-c", "echo hi; exit 3"]);
     let out = c.ctr(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 
     // A detached container, an exec in it, SIGKILL.
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["--runc-binary", &crun, "-d", IMAGE, "crun-bg", "sleep", "1000"]);
     run_ok(&mut c.ctr(&args));
     c.wait_status("crun-bg", "RUNNING");
     // crun's state (a `status` file; runc writes state.json) proves which runtime runs it.
     assert!(c.dir.join("runc").join(NS).join("crun-bg").join("status").exists());
     let out = c
-        .ctr(&["tasks", "exec", "--fifo-dir", &fifo, "--exec-id", "e1", "crun-bg", "sh", "-c", "echo ex; exit 4"])
+        .ctr(&["tasks", "exec", "--fifo-dir", fifo, "--exec-id", "e1", "crun-bg", "sh", "-c", "echo ex; exit 4"])
         .stdout(Stdio::piped())
         .output()
         .unwrap();

@@ -33,8 +33,7 @@ fn reap_all(children: Vec<Child>) -> Vec<Option<i32>> {
 #[test]
 fn killed_shim_mid_storm_leaves_nothing() {
     let c = Containerd::start();
-    let runc_root = c.dir.join("runc").display().to_string();
-    let fifo = c.dir.join("fifo").display().to_string();
+    let fifo = &c.fifo;
     let id = "t-shimkill";
     let events_log = c.tmp.join("events.log");
     let mut events = c.subscribe_events(&events_log);
@@ -42,7 +41,7 @@ fn killed_shim_mid_storm_leaves_nothing() {
     // Distinctive argv so survivors can be found in /proc.
     let init_argv = ["sleep", "9211"];
     let exec_argv = ["sleep", "9212"];
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["-d", IMAGE, id]);
     args.extend(init_argv);
     run_ok(&mut c.ctr(&args));
@@ -58,7 +57,7 @@ fn killed_shim_mid_storm_leaves_nothing() {
     let children: Vec<Child> = (0..n)
         .map(|i| {
             let exec_id = format!("x{i}");
-            let mut a = vec!["tasks", "exec", "--fifo-dir", &fifo, "--exec-id", &exec_id, id];
+            let mut a = vec!["tasks", "exec", "--fifo-dir", fifo, "--exec-id", &exec_id, id];
             a.extend(exec_argv);
             spawn_quiet(c.ctr(&a))
         })
@@ -136,10 +135,9 @@ fn killed_shim_mid_storm_leaves_nothing() {
 #[test]
 fn containerd_restart_mid_storm_loses_no_event() {
     let c = Containerd::start();
-    let runc_root = c.dir.join("runc").display().to_string();
-    let fifo = c.dir.join("fifo").display().to_string();
+    let fifo = &c.fifo;
     let id = "t-restart";
-    let mut args = c.run_args(&runc_root, &fifo);
+    let mut args = c.run_args();
     args.extend(["-d", IMAGE, id, "sleep", "9221"]);
     run_ok(&mut c.ctr(&args));
     c.wait_status(id, "RUNNING");
@@ -151,7 +149,7 @@ fn containerd_restart_mid_storm_loses_no_event() {
     // An exec that exits with 42 once told to, which happens while containerd is down.
     let go = c.bundle(id).join("rootfs/late-go");
     let late_script = "while [ ! -e /late-go ]; do sleep 0.05; done; exit 42";
-    run_ok(&mut c.ctr(&["tasks", "exec", "-d", "--fifo-dir", &fifo, "--exec-id", "late", id, "sh", "-c", late_script]));
+    run_ok(&mut c.ctr(&["tasks", "exec", "-d", "--fifo-dir", fifo, "--exec-id", "late", id, "sh", "-c", late_script]));
     let late_pid = c.ps(id).into_iter().find(|(_, e)| e == "late").unwrap().0;
 
     let n = 100;
@@ -159,7 +157,7 @@ fn containerd_restart_mid_storm_loses_no_event() {
         .map(|i| {
             let exec_id = format!("s{i}");
             let code = format!("sleep 1; exit {}", i % 7);
-            spawn_quiet(c.ctr(&["tasks", "exec", "--fifo-dir", &fifo, "--exec-id", &exec_id, id, "sh", "-c", &code]))
+            spawn_quiet(c.ctr(&["tasks", "exec", "--fifo-dir", fifo, "--exec-id", &exec_id, id, "sh", "-c", &code]))
         })
         .collect();
     assert!(
@@ -200,10 +198,8 @@ fn containerd_restart_mid_storm_loses_no_event() {
     );
     assert_eq!(c.task_pid(id), Some(init_pid));
     assert!(c.ps(id).iter().any(|(p, e)| *p == init_pid && e.is_empty()), "Pids lists the init");
-    let out = c
-        .ctr(&["tasks", "exec", "--fifo-dir", &fifo, "--exec-id", "after", id, "sh", "-c", "exit 5"])
-        .output()
-        .unwrap();
+    let out =
+        c.ctr(&["tasks", "exec", "--fifo-dir", fifo, "--exec-id", "after", id, "sh", "-c", "exit 5"]).output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The exec that exited while containerd was away reports its real status to a client that
