@@ -1,10 +1,17 @@
 //! Create: everything before a container's actor exists. Rolls back what it did on failure:
 //! no runtime container, mount or stdio copy is left behind by a failed Create.
+//!
+//! A Create runs on a task of its own ([`create_detached`]), not inside the request's future:
+//! ttrpc drops a handler's future when the request's deadline passes or its connection
+//! closes, and a rollback that only runs when awaited would then never run. The task owns the
+//! id's [`Reservation`] until it ends; if the requester is gone by the time the container
+//! exists, the task rolls it back instead of publishing it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim_protos::events::task::TaskCreate;
+use tokio::sync::oneshot;
 
 use crate::container::{self, ContainerHandle, NewContainer, Shared};
 use crate::error::{Result, RuntimeError};
@@ -12,6 +19,7 @@ use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::mount::{self, MountSpec};
 use crate::oci::{read_pid_file, CreateOpts, RestoreOpts, Runtime};
 use crate::options::{validate_id, BundleSpec, RuncOptions};
+use crate::registry::Reservation;
 
 fn watch_oom(cgroup: &crate::cgroups::ContainerCgroup) -> Option<crate::oom::OomWatch> {
     match cgroup {
@@ -83,9 +91,33 @@ impl Rollback<'_> {
     }
 }
 
+/// Creates a container on a task that is not cancelled with the caller: dropping the returned
+/// future (a request past its deadline, a closed connection) does not stop the Create half-way.
+/// The task publishes the container under `reservation` and returns its init pid; when the
+/// caller is gone by the time `runc create` has returned, it rolls the container back instead.
+pub async fn create_detached(shared: &Shared, params: CreateParams, reservation: Reservation) -> Result<u32> {
+    let (tx, rx) = oneshot::channel();
+    let shared = shared.clone();
+    let id = params.id.clone();
+    // Owned by the reservation: the id stays taken (and Shutdown refused) until the task ends.
+    tokio::spawn(async move {
+        let result = create(&shared, params, &tx).await.map(|(pid, handle)| {
+            reservation.fulfill(handle);
+            pid
+        });
+        let _ = tx.send(result);
+    });
+    rx.await.map_err(|_| RuntimeError::Gone { id })?
+}
+
 /// Creates a container and starts its actor; returns the init pid and the handle. The id must
-/// already be reserved by the caller.
-pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, ContainerHandle)> {
+/// already be reserved by the caller. A Create whose `requester` is gone once the runtime has
+/// created the container is rolled back and fails with `Cancelled`.
+async fn create(
+    shared: &Shared,
+    params: CreateParams,
+    requester: &oneshot::Sender<Result<u32>>,
+) -> Result<(u32, ContainerHandle)> {
     validate_id(&params.id).map_err(|reason| RuntimeError::InvalidArgument { field: "id", reason })?;
     let bundle = bundle_path(&params.bundle)?;
     let spec = BundleSpec::load(&bundle)?;
@@ -141,6 +173,13 @@ pub async fn create(shared: &Shared, params: CreateParams) -> Result<(u32, Conta
     }
     .await;
 
+    let result = match result {
+        Ok(_) if requester.is_closed() => {
+            tracing::warn!(container_id = %params.id, "create cancelled by its requester: rolling back");
+            Err(RuntimeError::Cancelled { id: params.id.clone() })
+        }
+        other => other,
+    };
     let (pid, io, subscription) = match result {
         Ok(v) => v,
         Err(e) => {

@@ -72,6 +72,13 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// The request ended (deadline, closed connection) before the container existed; what it
+    /// had done was rolled back.
+    #[error("create of {id} cancelled by its requester")]
+    Cancelled {
+        /// The container id.
+        id: String,
+    },
     /// The container's actor is gone (deleted meanwhile).
     #[error("container {id} is being deleted")]
     Gone {

@@ -40,6 +40,7 @@ pub fn code(e: &ShimError) -> Code {
             | RuntimeError::ProcessFinished
             | RuntimeError::Gone { .. } => Code::NOT_FOUND,
             RuntimeError::AlreadyExists { .. } => Code::ALREADY_EXISTS,
+            RuntimeError::Cancelled { .. } => Code::CANCELLED,
             RuntimeError::InvalidArgument { .. } | RuntimeError::Options(_) => Code::INVALID_ARGUMENT,
             RuntimeError::State(_) | RuntimeError::Precondition(_) => Code::FAILED_PRECONDITION,
             RuntimeError::Unimplemented(_) => Code::UNIMPLEMENTED,
@@ -81,6 +82,7 @@ mod tests {
             (rt(RuntimeError::ContainerNotFound { id: "x".into() }), Code::NOT_FOUND),
             (rt(RuntimeError::ProcessNotFound { exec_id: "e".into() }), Code::NOT_FOUND),
             (rt(RuntimeError::ProcessFinished), Code::NOT_FOUND),
+            (rt(RuntimeError::Cancelled { id: "x".into() }), Code::CANCELLED),
             (rt(RuntimeError::AlreadyExists { id: "x".into() }), Code::ALREADY_EXISTS),
             (rt(RuntimeError::InvalidArgument { field: "id", reason: "r".into() }), Code::INVALID_ARGUMENT),
             (rt(RuntimeError::State(State::Running.can_delete().unwrap_err())), Code::FAILED_PRECONDITION),

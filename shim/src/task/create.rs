@@ -31,8 +31,9 @@ pub(super) async fn create(
         options,
         namespace: namespace.to_owned(),
     };
-    let (pid, handle) = shim_runtime::create::create(shared, params).await?;
-    reservation.fulfill(handle);
+    // On its own task: a request that ends now (deadline, closed connection) cannot leave
+    // the Create half-done.
+    let pid = shim_runtime::create::create_detached(shared, params, reservation).await?;
     let mut r = CreateTaskResponse::new();
     r.pid = pid;
     Ok(r)
