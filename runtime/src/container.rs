@@ -68,25 +68,87 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 /// Requests a handler can send.
 #[derive(Debug)]
 enum Msg {
-    Start { exec_id: Option<String>, reply: Reply<u32> },
-    State { exec_id: Option<String>, reply: Reply<ProcessState> },
-    Kill { exec_id: Option<String>, signal: u32, all: bool, reply: Reply<()> },
-    Wait { exec_id: Option<String>, reply: Reply<ExitWatch> },
-    Delete { exec_id: Option<String>, reply: Reply<Deleted> },
-    Exec { exec_id: String, spec: serde_json::Value, stdio: StdioConfig, reply: Reply<()> },
-    Pids { reply: Reply<Vec<(u32, Option<String>)>> },
-    CloseIo { exec_id: Option<String>, reply: Reply<()> },
-    Resize { exec_id: Option<String>, width: u32, height: u32, reply: Reply<()> },
-    Cgroup { reply: Reply<ContainerCgroup> },
-    Pause { reply: Reply<()> },
-    Resume { reply: Reply<()> },
-    Update { resources: Vec<u8>, reply: Reply<()> },
-    Checkpoint { opts: crate::oci::CheckpointOpts, reply: Reply<()> },
-    Paused { pause: bool, result: Result<()>, reply: Reply<()> },
+    Start {
+        exec_id: Option<String>,
+        reply: Reply<u32>,
+    },
+    State {
+        exec_id: Option<String>,
+        reply: Reply<ProcessState>,
+    },
+    Kill {
+        exec_id: Option<String>,
+        signal: u32,
+        all: bool,
+        reply: Reply<()>,
+    },
+    Wait {
+        exec_id: Option<String>,
+        reply: Reply<ExitWatch>,
+    },
+    Delete {
+        exec_id: Option<String>,
+        reply: Reply<Deleted>,
+    },
+    Exec {
+        exec_id: String,
+        spec: serde_json::Value,
+        stdio: StdioConfig,
+        reply: Reply<()>,
+    },
+    Pids {
+        reply: Reply<Vec<(u32, Option<String>)>>,
+    },
+    CloseIo {
+        exec_id: Option<String>,
+        reply: Reply<()>,
+    },
+    Resize {
+        exec_id: Option<String>,
+        width: u32,
+        height: u32,
+        reply: Reply<()>,
+    },
+    Cgroup {
+        reply: Reply<ContainerCgroup>,
+    },
+    Pause {
+        reply: Reply<()>,
+    },
+    Resume {
+        reply: Reply<()>,
+    },
+    Update {
+        resources: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Checkpoint {
+        opts: crate::oci::CheckpointOpts,
+        reply: Reply<()>,
+    },
+    Paused {
+        pause: bool,
+        result: Result<()>,
+        reply: Reply<()>,
+    },
     // Completions of the actor's own child tasks.
-    InitStarted { result: Result<()>, reply: Reply<u32> },
-    ExecStarted { exec_id: String, result: Result<(u32, ProcessIo, Subscription)>, reply: Reply<u32> },
-    InitDeleted { result: Result<()>, reply: Reply<Deleted> },
+    InitStarted {
+        result: Result<()>,
+        reply: Reply<u32>,
+    },
+    ExecStarted {
+        exec_id: String,
+        result: Result<(u32, ProcessIo, Subscription)>,
+        reply: Reply<u32>,
+    },
+    InitDeleted {
+        result: Result<()>,
+        reply: Reply<Deleted>,
+    },
+    /// The `kill --all` after the init's exit returned: its held exit goes to the sequencer.
+    KilledAll {
+        exit: ExitInfo,
+    },
 }
 
 /// Handle to a container's actor. Cheap to clone.
@@ -262,6 +324,10 @@ struct Actor {
     self_tx: mpsc::UnboundedSender<Msg>,
     exit_tx: ExitSink,
     tasks: JoinSet<()>,
+    /// The init's exit, held while the `kill --all` it triggered runs (no private pid
+    /// namespace): as in the Go shim, the init is not reported exited before the rest of the
+    /// container was signalled, so a Delete right after Wait never finds the cgroup frozen.
+    init_exit_killing: Option<ExitInfo>,
 }
 
 /// Starts the actor of a container whose `runc create` succeeded. `subscription` is the
@@ -287,6 +353,7 @@ pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> C
         self_tx: tx.clone(),
         exit_tx: exit_tx.clone(),
         tasks: JoinSet::new(),
+        init_exit_killing: None,
     };
     let steps = actor.seq.created(new.event);
     actor.apply(steps);
@@ -390,15 +457,22 @@ impl Actor {
         if process == ProcessId::Init && self.oom.as_ref().is_some_and(|w| w.poll_now() > 0) {
             self.publish_oom();
         }
-        if process == ProcessId::Init && !self.seq.init_exit_seen() && self.shares_pid_ns {
-            // No private pid namespace: the kernel will not kill the rest (SPEC §2.5).
+        if process == ProcessId::Init && self.shares_pid_ns && !self.seq.init_exit_seen() {
+            if self.init_exit_killing.is_some() {
+                return;
+            }
+            // No private pid namespace: the kernel will not kill the rest (SPEC §2.5). The
+            // exit is held (state, TaskExit, waiters) until the kill returns, off the actor.
+            self.init_exit_killing = Some(exit);
             let runtime = Arc::clone(&self.runtime);
-            let (id, bundle) = (self.id.clone(), self.bundle.clone());
+            let (id, bundle, tx) = (self.id.clone(), self.bundle.clone(), self.self_tx.clone());
             self.tasks.spawn(async move {
                 if let Err(e) = runtime.kill(&id, &bundle, 9, true).await {
                     tracing::debug!(container_id = %id, error = %e, "kill --all after init exit");
                 }
+                let _ = tx.send(Msg::KilledAll { exit });
             });
+            return;
         }
         let steps = self.seq.exited(&process, exit);
         self.apply(steps);
@@ -465,6 +539,11 @@ impl Actor {
             Msg::InitStarted { result, reply } => self.init_started(result, reply),
             Msg::ExecStarted { exec_id, result, reply } => self.exec_started(exec_id, result, reply),
             Msg::InitDeleted { result, reply } => return self.init_deleted(result, reply),
+            Msg::KilledAll { exit } => {
+                self.init_exit_killing = None;
+                let steps = self.seq.exited(&ProcessId::Init, exit);
+                self.apply(steps);
+            }
         }
         false
     }
@@ -608,6 +687,13 @@ impl Actor {
             p.state.can_start()?;
             if p.starting {
                 return Err(RuntimeError::Precondition(format!("exec {exec_id} is already starting")));
+            }
+            if self.init_exit_killing.is_some() {
+                return Err(RuntimeError::Precondition(format!(
+                    "container {} {}",
+                    self.id,
+                    shim_events::Refusal::InitExited
+                )));
             }
             self.seq
                 .exec_starting(&exec_id)

@@ -402,3 +402,35 @@ async fn init_exit_in_host_pid_namespace_kills_the_rest() {
     shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+/// Drops the pid namespace from a bundle's spec: the container shares the host's.
+fn share_host_pid_ns(bundle: &std::path::Path) {
+    edit_spec(bundle, |spec| spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid"));
+}
+
+/// Issue 15 item 1: Kill(SIGKILL, all), Wait, Delete of a container in the host's pid
+/// namespace. The shim's own `kill --all` after the init's exit (slowed by 1 s) has returned
+/// before Wait does, so Delete never finds the cgroup frozen by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_exit_is_held_until_kill_all_returned() {
+    let mut env = TestEnv::new().await;
+    let marks = env.dir.join("kill-marks");
+    env.set_faults(&format!("kill:delay-mark=1,{}", marks.display()));
+    let id = "race-killall";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    share_host_pid_ns(&bundle);
+    let shim = env.start_shim(id, &bundle).await;
+    shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+    let mut all = kill(id, "", 9);
+    all.all = true;
+    shim.client.kill(ctx(), &all).await.unwrap();
+    assert_eq!(shim.client.wait(ctx(), &wait(id, "")).await.unwrap().exit_status, 137);
+    let done = std::fs::read_to_string(&marks).unwrap_or_default();
+    // The Kill RPC's `runc kill`, then the shim's own `kill --all` after the init's exit.
+    assert_eq!(done.lines().count(), 2, "Wait returned before the shim's kill --all: {done:?}");
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let events = env.events.wait_for(EVENT_WAIT, "delete", |e| e.iter().any(|r| r.topic == "/tasks/delete")).await;
+    assert_eq!(summarize(&events), vec!["create", "start", &format!("exit {id} 137"), "delete"]);
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
