@@ -138,7 +138,7 @@ enum Msg {
     },
     ExecStarted {
         exec_id: String,
-        result: Result<(u32, ProcessIo, Subscription)>,
+        result: Result<(u32, ProcessIo, Subscription), ExecFailed>,
         reply: Reply<u32>,
     },
     InitDeleted {
@@ -149,6 +149,15 @@ enum Msg {
     KilledAll {
         exit: ExitInfo,
     },
+}
+
+/// A failed exec start. `ran` is the exit of a process the runtime had started anyway (`runc
+/// exec` created it, then it or a later step failed): that process was killed and reaped
+/// before the failure is reported, so nothing keeps running untracked.
+#[derive(Debug)]
+struct ExecFailed {
+    error: RuntimeError,
+    ran: Option<ExitInfo>,
 }
 
 /// Handle to a container's actor. Cheap to clone.
@@ -714,13 +723,21 @@ impl Actor {
             // Subscribe before the runtime can start the process (SPEC §4.4).
             let subscription = reaper.subscribe();
             let ctx = IoContext { reaper: &reaper, container_id: &id, namespace: &namespace };
-            let result = run_exec(&runtime, &bundle, &exec_id, &spec, &stdio, owner, ctx).await;
-            let result = result.map(|(pid, io)| (pid, io, subscription));
+            let pid_file = bundle.join(format!("{exec_id}.pid"));
+            let result = match run_exec(&runtime, &bundle, &pid_file, &spec, &stdio, owner, ctx).await {
+                Ok((pid, io)) => Ok((pid, io, subscription)),
+                Err(error) => Err(ExecFailed { error, ran: kill_half_started(&pid_file, subscription).await }),
+            };
             let _ = tx.send(Msg::ExecStarted { exec_id, result, reply });
         });
     }
 
-    fn exec_started(&mut self, exec_id: String, result: Result<(u32, ProcessIo, Subscription)>, reply: Reply<u32>) {
+    fn exec_started(
+        &mut self,
+        exec_id: String,
+        result: Result<(u32, ProcessIo, Subscription), ExecFailed>,
+        reply: Reply<u32>,
+    ) {
         let Some(p) = self.execs.get_mut(&exec_id) else {
             let _ = reply.send(Err(not_found_exec(&exec_id)));
             return;
@@ -743,12 +760,23 @@ impl Actor {
                 }
                 let _ = reply.send(Ok(pid));
             }
-            Err(e) => {
+            Err(ExecFailed { error, ran: None }) => {
                 // The exec stays Created; its waiters are released with status 0 (SPEC §4.9).
                 p.exit_tx.send_replace(Some(ExitInfo { pid: 0, status: 0, at: SystemTime::UNIX_EPOCH }));
                 let steps = self.seq.exec_start_failed(&exec_id);
                 self.apply(steps);
-                let _ = reply.send(Err(e));
+                let _ = reply.send(Err(error));
+            }
+            Err(ExecFailed { error, ran: Some(exit) }) => {
+                // A process ran and was killed: the exec is stopped (it cannot be started
+                // again) with that exit, and no event names it, as no TaskExecStarted went out.
+                p.pid = exit.pid;
+                p.state = State::Stopped;
+                p.exit = Some(exit);
+                p.exit_tx.send_replace(Some(exit));
+                let steps = self.seq.exec_start_failed(&exec_id);
+                self.apply(steps);
+                let _ = reply.send(Err(error));
             }
         }
     }
@@ -814,7 +842,7 @@ impl Actor {
         };
         self.seq.exec_removed(exec_id);
         if p.pid != 0 {
-            self.shared.reaper.forget_pid(p.pid);
+            self.shared.reaper.forget_pid(p.pid, &self.exit_tx, &ProcessId::Exec(exec_id.to_owned()));
         }
         let _ = std::fs::remove_file(self.bundle.join(format!("{exec_id}.pid")));
         let deleted = p.deleted();
@@ -837,6 +865,13 @@ impl Actor {
         }
         if self.init.starting {
             let _ = reply.send(Err(RuntimeError::Precondition("init process is starting".into())));
+            return;
+        }
+        // A created init can have execs: deleting it under a starting or running one would
+        // publish TaskDelete with the init's exit still held behind theirs.
+        if let Some((e, p)) = self.execs.iter().find(|(_, p)| p.starting || p.state == State::Running) {
+            let what = if p.starting { "starting" } else { "running" };
+            let _ = reply.send(Err(RuntimeError::Precondition(format!("exec {e} is {what}"))));
             return;
         }
         let (runtime, id, bundle, tx) =
@@ -863,9 +898,10 @@ impl Actor {
         ev.exited_at = protobuf::MessageField::some(shim_events::publisher::timestamp(deleted.at));
         let steps = self.seq.deleted(ev);
         self.apply(steps);
-        for p in self.execs.values().chain(std::iter::once(&self.init)) {
-            if p.pid != 0 {
-                self.shared.reaper.forget_pid(p.pid);
+        let execs = self.execs.iter().map(|(e, p)| (ProcessId::Exec(e.clone()), p.pid));
+        for (process, pid) in execs.chain(std::iter::once((ProcessId::Init, self.init.pid))) {
+            if pid != 0 {
+                self.shared.reaper.forget_pid(pid, &self.exit_tx, &process);
             }
         }
         // Leave the registry before replying, so a Shutdown right after sees no container.
@@ -906,29 +942,49 @@ pub fn task_io(stdio: &StdioConfig) -> TaskIO {
     io
 }
 
+/// After a failed exec start: if the runtime had started the process anyway (its pid file is
+/// there), kill it and wait for its exit through the start's subscription, so the failure is
+/// only reported once nothing of the exec runs. Returns that exit.
+async fn kill_half_started(pid_file: &std::path::Path, subscription: Subscription) -> Option<ExitInfo> {
+    let pid = read_pid_file(pid_file).ok()?;
+    let raw = i32::try_from(pid).ok().filter(|p| *p > 0)?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Claimed before the kill: until its exit is routed to us the pid cannot be reaped, so it
+    // cannot be reused, and the signal can only reach that process.
+    if let Some(exit) = subscription.claim(pid, tx, ProcessId::Init) {
+        return Some(exit);
+    }
+    tracing::warn!(pid, "exec start failed after its process was started: killing it");
+    if let Err(errno) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL) {
+        tracing::warn!(pid, %errno, "kill of a half-started exec failed");
+    }
+    rx.recv().await.map(|e| e.exit)
+}
+
 async fn run_exec(
     runtime: &Runtime,
     bundle: &std::path::Path,
-    exec_id: &str,
+    pid_file: &std::path::Path,
     spec: &serde_json::Value,
     stdio: &StdioConfig,
     (uid, gid): (u32, u32),
     ctx: IoContext<'_>,
 ) -> Result<(u32, ProcessIo)> {
     let id = ctx.container_id;
+    // A pid file left by an earlier attempt must not be taken for this one's.
+    let _ = std::fs::remove_file(pid_file);
     let (prepared, rt_stdio) = ProcessIo::prepare(stdio, uid, gid, ctx).await?;
-    let pid_file = bundle.join(format!("{exec_id}.pid"));
     let bytes =
         serde_json::to_vec(spec).map_err(|e| RuntimeError::InvalidArgument { field: "spec", reason: e.to_string() })?;
     // The process spec goes to runc through an anonymous memory file, not a file in the bundle:
     // no inode to create and unlink on the bundle's filesystem per exec.
     let process_file = crate::oci::MemFile::new(c"runc-process", &bytes)
         .map_err(|e| RuntimeError::Sys { what: "process spec memfd".into(), source: e })?;
-    let r = runtime.exec(id, bundle, &process_file.path(), &pid_file, prepared.console_socket(), rt_stdio).await;
+    let r = runtime.exec(id, bundle, &process_file.path(), pid_file, prepared.console_socket(), rt_stdio).await;
     drop(process_file);
     r?;
     let io = prepared.finish(stdio).await?;
-    let pid = read_pid_file(&pid_file)?;
+    let pid = read_pid_file(pid_file)?;
     Ok((pid, io))
 }
 

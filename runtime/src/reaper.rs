@@ -70,6 +70,42 @@ fn exit_status(status: WaitStatus) -> Option<(i32, u32)> {
     }
 }
 
+/// One `waitpid(-1, WNOHANG)`: the next exit of a child, or `None` when none is left.
+fn wait_any() -> Option<(i32, u32)> {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return None,
+            Ok(status) => {
+                if let Some(exit) = exit_status(status) {
+                    return Some(exit);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!(errno = %e, "waitpid failed");
+                return None;
+            }
+        }
+    }
+}
+
+/// Delivers one exit: to its helper, its routed process, or every live subscription. Only
+/// non-blocking sends (oneshot, unbounded), so holding the router lock meanwhile is fine.
+fn route_locked(r: &mut Router, pid: i32, status: u32) {
+    let exit = ExitInfo { pid: u32::try_from(pid).unwrap_or(0), status, at: SystemTime::now() };
+    if let Some(tx) = r.helpers.remove(&pid) {
+        let _ = tx.send(exit);
+        return;
+    }
+    if let Some((sink, process)) = r.processes.remove(&pid) {
+        let _ = sink.send(ProcessExit { process, exit });
+        return;
+    }
+    for exits in r.subscriptions.values_mut() {
+        exits.push(exit);
+    }
+}
+
 impl Reaper {
     /// A reaper with an empty routing table. Call [`Reaper::run`] once, on the runtime that
     /// spawns children, before the first spawn.
@@ -100,51 +136,45 @@ impl Reaper {
 
     /// Reaps every child that has exited and routes the exits.
     pub fn reap_all(&self) {
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Ok(status) => {
-                    if let Some((pid, code)) = exit_status(status) {
-                        self.route(pid, code);
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => {
-                    tracing::error!(errno = %e, "waitpid failed");
-                    return;
-                }
-            }
-        }
+        while self.reap_with(wait_any) {}
     }
 
-    /// Routes one reaped exit (called by the reap loop; public for the loom model).
-    pub fn route(&self, pid: i32, status: u32) {
-        let exit = ExitInfo { pid: u32::try_from(pid).unwrap_or(0), status, at: SystemTime::now() };
+    /// Reaps one exit with `wait` (`waitpid`: `None` when nothing is left) and routes it, both
+    /// under the router lock: a claim, which probes under the same lock whether its pid still
+    /// exists, never sees a pid gone from the kernel whose exit is not routed yet. Returns
+    /// whether an exit was reaped (public for the loom model, which cannot fork).
+    pub fn reap_with(&self, wait: impl FnOnce() -> Option<(i32, u32)>) -> bool {
         let mut r = self.lock();
-        if let Some(tx) = r.helpers.remove(&pid) {
-            drop(r);
-            let _ = tx.send(exit);
-            return;
-        }
-        if let Some((sink, process)) = r.processes.remove(&pid) {
-            drop(r);
-            let _ = sink.send(ProcessExit { process, exit });
-            return;
-        }
-        for exits in r.subscriptions.values_mut() {
-            exits.push(exit);
-        }
+        let Some((pid, status)) = wait() else { return false };
+        route_locked(&mut r, pid, status);
+        true
+    }
+
+    /// Routes one reaped exit (public for the loom model).
+    pub fn route(&self, pid: i32, status: u32) {
+        route_locked(&mut self.lock(), pid, status);
     }
 
     /// Spawns `cmd` and registers its pid for its exit in one step. The returned receiver
     /// yields the exit; nobody else may wait for this child.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<(u32, oneshot::Receiver<ExitInfo>)> {
+        self.spawn_with(|| {
+            let child = cmd.spawn()?;
+            // Dropping `Child` neither waits nor kills; the reaper owns the wait.
+            Ok(child.id())
+        })
+    }
+
+    /// [`Reaper::spawn`] for any way of making a child: `spawn` runs under the router lock and
+    /// returns the child's pid, which is registered before the lock is released (public for
+    /// the loom model, which cannot fork).
+    pub fn spawn_with(
+        &self,
+        spawn: impl FnOnce() -> io::Result<u32>,
+    ) -> io::Result<(u32, oneshot::Receiver<ExitInfo>)> {
         let (tx, rx) = oneshot::channel();
         let mut r = self.lock();
-        let child = cmd.spawn()?;
-        let pid = child.id();
-        // Dropping `Child` neither waits nor kills; the reaper owns the wait.
-        drop(child);
+        let pid = spawn()?;
         r.helpers.insert(i32::try_from(pid).unwrap_or(-1), tx);
         Ok((pid, rx))
     }
@@ -166,10 +196,15 @@ impl Reaper {
         r.processes.insert(i32::try_from(pid).unwrap_or(-1), (sink, process));
     }
 
-    /// Stops routing `pid` (the process was deleted or its container is gone).
-    pub fn forget_pid(&self, pid: u32) {
+    /// Stops routing `pid` to `sink` as `process` (the process was deleted or its container is
+    /// gone). Only that route is removed: the pid may have exited and been reused by a process
+    /// routed elsewhere since, whose exit must still be delivered.
+    pub fn forget_pid(&self, pid: u32, sink: &ExitSink, process: &ProcessId) {
+        let Ok(pid) = i32::try_from(pid) else { return };
         let mut r = self.lock();
-        r.processes.remove(&i32::try_from(pid).unwrap_or(-1));
+        if r.processes.get(&pid).is_some_and(|(s, p)| s.same_channel(sink) && p == process) {
+            r.processes.remove(&pid);
+        }
     }
 
     /// Numbers of live helper registrations, routed pids and subscriptions (for budget tests).
@@ -191,17 +226,43 @@ impl Subscription {
     /// The start returned `pid`: if it already exited, returns that exit; otherwise routes its
     /// future exit to `sink`. Either way the subscription ends. Atomic with respect to the
     /// reaper, so the exit is delivered exactly once.
-    pub fn claim(mut self, pid: u32, sink: ExitSink, process: ProcessId) -> Option<ExitInfo> {
+    pub fn claim(self, pid: u32, sink: ExitSink, process: ProcessId) -> Option<ExitInfo> {
+        self.claim_with(pid, sink, process, pid_exists)
+    }
+
+    /// [`Subscription::claim`] with the probe of whether `pid` exists (alive or an unreaped
+    /// zombie) passed in (public for the loom model). The probe runs under the router lock,
+    /// which the reaper holds from `waitpid` to routing: if the pid exists, every exit of it
+    /// collected so far was a previous owner's (the pid was reused within the start window) and
+    /// the process's own exit is still to come; if not, its exit is the last one collected.
+    pub fn claim_with(
+        mut self,
+        pid: u32,
+        sink: ExitSink,
+        process: ProcessId,
+        exists: impl FnOnce(i32) -> bool,
+    ) -> Option<ExitInfo> {
+        let Ok(raw) = i32::try_from(pid) else {
+            // Not a pid the kernel can hand out: nothing can be routed to it.
+            self.active = true;
+            return None;
+        };
         let mut r = self.reaper.lock();
         let exits = r.subscriptions.remove(&self.id).unwrap_or_default();
         self.active = false;
-        // The last exit of that pid wins (pid reuse within one start window is not expected).
-        if let Some(exit) = exits.iter().rev().find(|e| e.pid == pid) {
-            return Some(*exit);
+        if !exists(raw) {
+            if let Some(exit) = exits.iter().rev().find(|e| e.pid == pid) {
+                return Some(*exit);
+            }
         }
-        r.processes.insert(i32::try_from(pid).unwrap_or(-1), (sink, process));
+        r.processes.insert(raw, (sink, process));
         None
     }
+}
+
+/// Whether `pid` names a process, alive or a zombie not yet reaped (signal 0 checks only).
+fn pid_exists(pid: i32) -> bool {
+    pid > 0 && !matches!(nix::sys::signal::kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
 }
 
 impl Drop for Subscription {
@@ -216,13 +277,18 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
 
+    /// Probe for a process that was reaped (no pid reuse).
+    fn gone(_: i32) -> bool {
+        false
+    }
+
     #[test]
     fn early_exit_is_claimed_once() {
         let reaper = Reaper::new();
         let sub = reaper.subscribe();
         reaper.route(42, 3);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let exit = sub.claim(42, tx, ProcessId::Init).unwrap();
+        let exit = sub.claim_with(42, tx, ProcessId::Init, gone).unwrap();
         assert_eq!((exit.pid, exit.status), (42, 3));
         assert_eq!(reaper.stats(), (0, 0, 0));
         assert!(rx.try_recv().is_err());
@@ -234,12 +300,60 @@ mod tests {
         let sub = reaper.subscribe();
         reaper.route(7, 0); // someone else's pid
         let (tx, mut rx) = mpsc::unbounded_channel();
-        assert!(sub.claim(42, tx, ProcessId::Exec("e".into())).is_none());
+        assert!(sub.claim_with(42, tx, ProcessId::Exec("e".into()), gone).is_none());
         reaper.route(42, 137);
         let got = rx.try_recv().unwrap();
         assert_eq!(got.process, ProcessId::Exec("e".into()));
         assert_eq!(got.exit.status, 137);
         assert_eq!(reaper.stats(), (0, 0, 0));
+    }
+
+    /// Issue 15 item 3: container A's exec exited with pid 42; the pid is reused by container
+    /// B's exec. Deleting A's exec must not remove B's route, or B's exit is dropped.
+    #[test]
+    fn forget_after_pid_reuse_keeps_the_new_owner() {
+        let reaper = Reaper::new();
+        let (a_tx, mut a_rx) = mpsc::unbounded_channel();
+        let (b_tx, mut b_rx) = mpsc::unbounded_channel();
+        let a = reaper.subscribe();
+        assert!(a.claim_with(42, a_tx.clone(), ProcessId::Exec("a".into()), gone).is_none());
+        reaper.route(42, 0);
+        assert_eq!(a_rx.try_recv().unwrap().exit.status, 0);
+        let b = reaper.subscribe();
+        assert!(b.claim_with(42, b_tx.clone(), ProcessId::Exec("b".into()), gone).is_none());
+        reaper.forget_pid(42, &a_tx, &ProcessId::Exec("a".into()));
+        // The same sink with another process id is not the owner either.
+        reaper.forget_pid(42, &b_tx, &ProcessId::Exec("a".into()));
+        reaper.route(42, 137);
+        let got = b_rx.try_recv().expect("B's exit must still be routed");
+        assert_eq!((got.process, got.exit.status), (ProcessId::Exec("b".into()), 137));
+        assert!(a_rx.try_recv().is_err());
+        assert_eq!(reaper.stats(), (0, 0, 0));
+    }
+
+    /// A foreign process with pid 42 exits during the start window, then the pid is reused by
+    /// the started process: the collected exit is not its own.
+    #[test]
+    fn pid_reused_within_the_start_window_is_not_an_early_exit() {
+        let reaper = Reaper::new();
+        let sub = reaper.subscribe();
+        reaper.route(42, 1);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        assert!(sub.claim_with(42, tx, ProcessId::Init, |_| true).is_none(), "a stale exit was claimed");
+        reaper.route(42, 137);
+        assert_eq!(rx.try_recv().unwrap().exit.status, 137);
+        assert_eq!(reaper.stats(), (0, 0, 0));
+    }
+
+    #[test]
+    fn forget_by_the_owner_removes_the_route() {
+        let reaper = Reaper::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        assert!(reaper.subscribe().claim_with(42, tx.clone(), ProcessId::Init, gone).is_none());
+        reaper.forget_pid(42, &tx, &ProcessId::Init);
+        assert_eq!(reaper.stats(), (0, 0, 0));
+        reaper.route(42, 0);
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit};
 use containerd_shim_protos::types::task::Status;
-use shim_tests::req::{delete, exec, kill, start, state, wait};
+use shim_tests::req::{self, delete, exec, kill, start, state, wait};
 use shim_tests::*;
 use ttrpc::Code;
 
@@ -433,4 +433,69 @@ async fn init_exit_is_held_until_kill_all_returned() {
     let events = env.events.wait_for(EVENT_WAIT, "delete", |e| e.iter().any(|r| r.topic == "/tasks/delete")).await;
     assert_eq!(summarize(&events), vec!["create", "start", &format!("exit {id} 137"), "delete"]);
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
+
+/// Issue 15 item 7: a created (never started) init is deleted while an exec's start is parked
+/// in runc. The Delete is refused while the exec is starting (it would otherwise publish
+/// TaskDelete with the init's exit still held, and no TaskExit before it); once the start
+/// resolves, the container ends with its exits before TaskDelete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_of_created_init_while_exec_starts() {
+    let mut env = TestEnv::new().await;
+    let release = env.dir.join("release-exec");
+    env.set_faults(&format!("exec:wait-file={}", release.display()));
+    let id = "race-del-created";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.exec(ctx(), &exec(id, "e", &["sleep", "1000"])).await.unwrap();
+    let c = shim.client.clone();
+    let starting = tokio::spawn(async move { c.start(ctx(), &start(id, "e")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!starting.is_finished(), "exec start should be parked in fake-runc");
+    let e = shim.client.delete(ctx(), &delete(id, "")).await.expect_err("delete while an exec is starting");
+    assert_eq!(code_of(&e), Code::FAILED_PRECONDITION, "{e:?}");
+    std::fs::write(&release, b"").unwrap();
+    let started = starting.await.unwrap();
+    if started.is_ok() {
+        shim.client.kill(ctx(), &kill(id, "e", 9)).await.unwrap();
+        assert_eq!(shim.client.wait(ctx(), &wait(id, "e")).await.unwrap().exit_status, 137);
+    }
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let events = env.events.wait_for(EVENT_WAIT, "delete", |e| e.iter().any(|r| r.topic == "/tasks/delete")).await;
+    let s = summarize(&events);
+    assert_eq!(s.last().map(String::as_str), Some("delete"), "{s:?}");
+    if started.is_ok() {
+        let st = s.iter().position(|l| l == "exec-started e").unwrap_or_else(|| panic!("{s:?}"));
+        let ex = s.iter().position(|l| l == "exit e 137").unwrap_or_else(|| panic!("{s:?}"));
+        assert!(st < ex && ex < s.len() - 1, "{s:?}");
+    }
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
+
+/// Issue 15 item 7: `runc exec` started the process but the start then failed (here runc
+/// reports an error after creating it). The process must not keep running untracked: Wait
+/// returns only once it is gone, the exec cannot be started again, and no event names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_whose_start_failed_after_runc_exec_is_not_left_running() {
+    let mut env = TestEnv::new().await;
+    env.set_faults("exec:fail-after");
+    let id = "race-exec-half";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    let created = shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+    shim.client.exec(ctx(), &exec(id, "half", &["sleep", "1000"])).await.unwrap();
+    let e = shim.client.start(ctx(), &start(id, "half")).await.unwrap_err();
+    assert!(format!("{e:?}").contains("injected failure"), "{e:?}");
+    shim.client.wait(ctx(), &wait(id, "half")).await.unwrap();
+    let pids = shim.client.pids(ctx(), &req::id_req(|r: &mut api::PidsRequest| r.id = id.into())).await.unwrap();
+    let pids: Vec<u32> = pids.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, vec![created.pid], "the half-started exec is still running");
+    let again = shim.client.start(ctx(), &start(id, "half")).await.unwrap_err();
+    assert_eq!(code_of(&again), Code::FAILED_PRECONDITION, "{again:?}");
+    shim.client.delete(ctx(), &delete(id, "half")).await.unwrap();
+    teardown(&shim, id).await;
+    let events = env.events.wait_for(EVENT_WAIT, "delete", |e| e.iter().any(|r| r.topic == "/tasks/delete")).await;
+    assert_eq!(summarize(&events), vec!["create", "start", "exec-added", &format!("exit {id} 137"), "delete"]);
 }
