@@ -394,9 +394,13 @@ pub struct Shim {
     pub pid: u32,
 }
 
-/// A context without a deadline.
+/// Deadline of every request sent with [`ctx`]: a Wait whose exit was lost fails the test
+/// with "Request deadline elapsed" instead of hanging it (and the suite with it).
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A context with the default deadline, [`RPC_TIMEOUT`].
 pub fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::Context::default()
+    ttrpc::context::with_duration(RPC_TIMEOUT)
 }
 
 /// A ttrpc task client on `address`.

@@ -178,21 +178,45 @@ async fn exec_storm_100_each_exactly_once_in_order() {
     assert_eq!(init_exit, s.len() - 2, "init exit must be last before delete: {s:?}");
 }
 
-/// SPEC §4.7 no. 5 and 9: the init dies while an exec runs; the exec's exit comes first, and
-/// an exec started after the init's exit is refused and publishes nothing.
+/// SPEC §4.7 no. 5 and 9, the exec barrier: the init dies while an exec runs; the init's exit
+/// is held until the exec's exit, and an exec started after the init's exit is refused and
+/// publishes nothing. In a private pid namespace the kernel kills the exec with its init and
+/// orders the exits by itself, so the container shares the host's pid namespace here and the
+/// shim's `kill --all` after the init's exit kills nothing (fake-runc `skip-mark`): the exec
+/// outlives its init until the test kills it, and only the barrier can order the exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_exit_waits_for_exec_exit_and_refuses_new_execs() {
-    let env = TestEnv::new().await;
+    let mut env = TestEnv::new().await;
+    let marks = env.dir.join("kill-marks");
+    env.set_faults(&format!("kill:skip-mark={}", marks.display()));
     let id = "ex-order";
-    let shim = running_container(&env, id).await;
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    edit_spec(&bundle, |spec| spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid"));
+    let shim = env.start_shim(id, &bundle).await;
+    let created = shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &start_req(id, "")).await.unwrap();
     shim.client.exec(ctx(), &exec_req(id, "bg", &["sleep", "1000"])).await.unwrap();
     shim.client.start(ctx(), &start_req(id, "bg")).await.unwrap();
     shim.client.exec(ctx(), &exec_req(id, "late", &["true"])).await.unwrap();
-    shim.client.kill(ctx(), &kill_req(id, "", 9)).await.unwrap();
-    assert_eq!(shim.client.wait(ctx(), &wait_req(id, "")).await.unwrap().exit_status, 137);
-    assert_eq!(shim.client.wait(ctx(), &wait_req(id, "bg")).await.unwrap().exit_status, 137);
+    // Only the init dies; the shim's kill --all after its exit is a no-op.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(created.pid.cast_signed()), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT;
+    while !marks.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the shim never ran kill --all");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give a shim without the barrier the time to release the init's exit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let e = shim.client.start(ctx(), &start_req(id, "late")).await.unwrap_err();
     assert_eq!(code_of(&e), Code::FAILED_PRECONDITION);
+    let mut sr = api::StateRequest::new();
+    sr.id = id.into();
+    let st = shim.client.state(ctx(), &sr).await.unwrap();
+    assert_eq!(st.status.enum_value().unwrap(), Status::RUNNING, "the init's exit must be held while bg runs");
+    shim.client.kill(ctx(), &kill_req(id, "bg", 9)).await.unwrap();
+    assert_eq!(shim.client.wait(ctx(), &wait_req(id, "bg")).await.unwrap().exit_status, 137);
+    assert_eq!(shim.client.wait(ctx(), &wait_req(id, "")).await.unwrap().exit_status, 137);
     let events =
         env.events.wait_for(EVENT_WAIT, "init exit", |e| summarize(e).contains(&format!("exit {id} 137"))).await;
     let s = summarize(&events);
