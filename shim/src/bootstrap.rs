@@ -223,6 +223,11 @@ pub fn start(flags: &Flags) -> Result<()> {
         None => (Reply::legacy(), Any::parse_from_bytes(&input).ok(), SOCKET_DIR, flags.address.as_str()),
     };
     let options = RuncOptions::from_any(options.as_ref()).unwrap_or_default();
+    if dir != SOCKET_DIR {
+        // As containerd 2.3's shims do: `delete`, which gets no BootstrapParams, reads the
+        // socket dir back from this link to remove a dead daemon's socket.
+        write_socket_dir_link(&bundle, dir)?;
+    }
     let group = group_key(&bundle, &flags.id)?;
     let path = socket_path_in(dir, grpc, &flags.namespace, &group);
     let address = format!("unix://{}", path.display());
@@ -354,18 +359,37 @@ pub fn delete(flags: &Flags) -> Result<()> {
     Ok(())
 }
 
+/// Name of the bundle's symlink to a 2.3 `socket_dir` (containerd's `socketDirLink`).
+const SOCKET_DIR_LINK: &str = "s";
+
+/// Points `<bundle>/s` at `dir`, replacing an older link.
+fn write_socket_dir_link(bundle: &Path, dir: &str) -> Result<()> {
+    let link = bundle.join(SOCKET_DIR_LINK);
+    if std::fs::symlink_metadata(&link).is_ok() {
+        std::fs::remove_file(&link).with_context(|| format!("remove {}", link.display()))?;
+    }
+    std::os::unix::fs::symlink(dir, &link).with_context(|| format!("symlink {} -> {dir}", link.display()))
+}
+
 /// Removes the socket of a shim that is gone (SIGKILLed shims cannot remove their own): the one
 /// named in `<bundle>/address` and the one derived from the flags. A socket something still
 /// listens on (a grouped shim serving other containers) is kept.
 fn remove_dead_sockets(flags: &Flags, bundle: &Path) {
-    let mut paths = vec![socket_path_in(SOCKET_DIR, &flags.address, &flags.namespace, &flags.id)];
+    // The socket dir `start` was given (2.3 `socket_dir`, recorded as the `s` link), else the
+    // default one.
+    let dir = std::fs::read_link(bundle.join(SOCKET_DIR_LINK))
+        .ok()
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| PathBuf::from(SOCKET_DIR));
+    let mut paths = vec![socket_path_in(&dir.to_string_lossy(), &flags.address, &flags.namespace, &flags.id)];
     if let Ok(a) = std::fs::read_to_string(bundle.join("address")) {
         paths.push(PathBuf::from(a.trim().trim_start_matches("unix://")));
     }
     for p in paths {
-        // Only sockets in the shim socket dir, never a path the address file could point elsewhere.
+        // Only sockets in the shim socket dir (or the recorded socket_dir), never a path the address file could point elsewhere.
         let is_socket = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_socket());
-        if p.parent() != Some(Path::new(SOCKET_DIR)) || !is_socket || dial(&p) {
+        let in_socket_dir = p.parent().is_some_and(|d| d == Path::new(SOCKET_DIR) || d == dir);
+        if !in_socket_dir || !is_socket || dial(&p) {
             continue;
         }
         if let Err(e) = std::fs::remove_file(&p) {

@@ -196,6 +196,36 @@ async fn start_speaks_the_bootstrap_protocol_of_containerd_2_3() {
     adopt(&env, &bundle2, other, &address).await;
 }
 
+/// Issue 15 item 12: as containerd 2.3's shims do, `start` records a BootstrapParams
+/// `socket_dir` as the bundle's `s` symlink, and `delete` after a SIGKILLed daemon removes the
+/// dead socket in that directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_after_sigkill_cleans_the_socket_under_socket_dir() {
+    let env = TestEnv::new().await;
+    let id = "cli-boot";
+    let bundle = env.bundle(id, &["true"], &[]);
+    let socket_dir = env.dir.join("sockets");
+    let out = start_with_stdin(&env, &bundle, id, &bootstrap_params(&options_any(&env, ""), &socket_dir));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, address, _) = parse_result(&out.stdout);
+    let socket = std::path::PathBuf::from(address.trim_start_matches("unix://"));
+    assert_eq!(socket.parent(), Some(socket_dir.as_path()));
+    assert_eq!(std::fs::read_link(bundle.join("s")).ok(), Some(socket_dir.clone()), "the s link");
+    let pid = adopt(&env, &bundle, id, &address).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.cast_signed()), nix::sys::signal::Signal::SIGKILL).unwrap();
+    for _ in 0..250 {
+        if !alive(pid) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid));
+    assert!(socket.exists(), "a SIGKILLed daemon leaves its socket");
+    let out = env.shim_command(&bundle, id, "delete").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!socket.exists(), "delete left the dead socket {}", socket.display());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_probes_each_containerd_binary_once() {
     let env = TestEnv::new().await;
