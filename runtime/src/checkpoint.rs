@@ -6,7 +6,61 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, RuntimeError};
-use crate::oci::{CheckpointOpts, OciError, RestoreOpts, Runtime, RuntimeStdio};
+use crate::io::{IoContext, ProcessIo, StdioConfig};
+use crate::oci::{read_pid_file, CheckpointOpts, OciError, RestoreOpts, Runtime, RuntimeStdio};
+use crate::reaper::Subscription;
+
+/// What a Create from a checkpoint leaves for Start: as in the Go shim, `runc restore` runs at
+/// Start (the init has no pid before).
+#[derive(Debug, Clone)]
+pub struct PendingRestore {
+    /// `--image-path`: the checkpoint images.
+    pub image_path: PathBuf,
+    /// `--no-pivot`
+    pub no_pivot: bool,
+    /// The runc option CriuWorkPath (empty: `<bundle>/work`).
+    pub criu_work_path: String,
+}
+
+/// Start of an init created from a checkpoint: sets up its stdio, subscribes, restores, and
+/// returns the restored init's pid, its IO copies and the subscription to claim it with. A
+/// failure leaves no runtime state behind (the container stays created, as in the Go shim).
+pub async fn restore_init(
+    runtime: &Runtime,
+    bundle: &Path,
+    stdio: &StdioConfig,
+    (uid, gid): (u32, u32),
+    ctx: IoContext<'_>,
+    plan: &PendingRestore,
+) -> Result<(u32, ProcessIo, Subscription)> {
+    let id = ctx.container_id;
+    let pid_file = bundle.join("init.pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let (prepared, rt_stdio) = ProcessIo::prepare(stdio, uid, gid, ctx).await?;
+    let opts = RestoreOpts {
+        image_path: plan.image_path.clone(),
+        no_pivot: plan.no_pivot,
+        console_socket: prepared.console_socket().map(Path::to_path_buf),
+        ..RestoreOpts::default()
+    };
+    // Subscribe before the runtime can start the init (SPEC §4.7 no. 3).
+    let subscription = ctx.reaper.subscribe();
+    let result = async {
+        restore(runtime, id, bundle, &pid_file, opts, rt_stdio, &plan.criu_work_path).await?;
+        let io = prepared.finish(stdio).await?;
+        Ok::<_, RuntimeError>((read_pid_file(&pid_file)?, io))
+    }
+    .await;
+    match result {
+        Ok((pid, io)) => Ok((pid, io, subscription)),
+        Err(e) => {
+            if let Err(d) = runtime.delete(id, Some(&bundle.join("log.json")), true).await {
+                tracing::debug!(container_id = id, error = %d, "after a failed restore: runtime delete");
+            }
+            Err(e)
+        }
+    }
+}
 
 /// Where the Go shim copies CRIU's dump log on failure.
 pub const DUMP_LOG: &str = "criu-dump.log";

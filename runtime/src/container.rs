@@ -133,7 +133,7 @@ enum Msg {
     },
     // Completions of the actor's own child tasks.
     InitStarted {
-        result: Result<()>,
+        result: Result<Option<(u32, ProcessIo, Subscription)>>,
         reply: Reply<u32>,
     },
     ExecStarted {
@@ -289,16 +289,16 @@ pub struct NewContainer {
     pub bundle: PathBuf,
     /// The runtime driver configured for it.
     pub runtime: Arc<Runtime>,
-    /// Init pid.
+    /// Init pid (0 until a pending restore ran).
     pub pid: u32,
     /// Init stdio.
     pub stdio: StdioConfig,
-    /// Init IO copies.
-    pub io: ProcessIo,
+    /// Init IO copies (none until a pending restore ran).
+    pub io: Option<ProcessIo>,
     /// Whether rootfs mounts were made and must be unmounted on delete.
     pub rootfs_mounted: bool,
-    /// Whether the init was restored from a checkpoint (already running: Start runs nothing).
-    pub restored: bool,
+    /// A checkpoint to restore at Start instead of `runc start`.
+    pub restore: Option<crate::checkpoint::PendingRestore>,
     /// Whether the container lacks a private pid namespace.
     pub shares_pid_ns: bool,
     /// IoUid/IoGid for exec pipes.
@@ -324,7 +324,7 @@ struct Actor {
     init: Proc,
     execs: HashMap<String, Proc>,
     rootfs_mounted: bool,
-    restored: bool,
+    restore: Option<crate::checkpoint::PendingRestore>,
     shares_pid_ns: bool,
     io_owner: (u32, u32),
     namespace: String,
@@ -341,7 +341,7 @@ struct Actor {
 
 /// Starts the actor of a container whose `runc create` succeeded. `subscription` is the
 /// early-exit subscription taken before `runc create`; TaskCreate is queued before this returns.
-pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> ContainerHandle {
+pub fn spawn(new: NewContainer, subscription: Option<Subscription>, shared: Shared) -> ContainerHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let (exit_tx, exit_rx) = mpsc::unbounded_channel();
     let mut actor = Actor {
@@ -350,10 +350,10 @@ pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> C
         runtime: new.runtime,
         shared,
         seq: Sequencer::new(new.id.clone()),
-        init: Proc::new(State::Created, new.pid, new.stdio, Some(new.io)),
+        init: Proc::new(State::Created, new.pid, new.stdio, new.io),
         execs: HashMap::new(),
         rootfs_mounted: new.rootfs_mounted,
-        restored: new.restored,
+        restore: new.restore,
         shares_pid_ns: new.shares_pid_ns,
         io_owner: new.io_owner,
         namespace: new.namespace,
@@ -366,7 +366,7 @@ pub fn spawn(new: NewContainer, subscription: Subscription, shared: Shared) -> C
     };
     let steps = actor.seq.created(new.event);
     actor.apply(steps);
-    if let Some(exit) = subscription.claim(new.pid, exit_tx, ProcessId::Init) {
+    if let Some(exit) = subscription.and_then(|s| s.claim(new.pid, exit_tx, ProcessId::Init)) {
         actor.on_exit(ProcessExit { process: ProcessId::Init, exit });
     }
     tokio::spawn(actor.run(rx, exit_rx));
@@ -644,24 +644,43 @@ impl Actor {
         self.init.starting = true;
         let (runtime, id, bundle, tx) =
             (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone(), self.self_tx.clone());
-        let restored = self.restored;
+        let restore = self.restore.clone();
+        let (reaper, namespace, stdio, owner) =
+            (self.shared.reaper.clone(), self.namespace.clone(), self.init.stdio.clone(), self.io_owner);
         self.tasks.spawn(async move {
-            let result = if restored { Ok(()) } else { runtime.start(&id, &bundle).await.map_err(RuntimeError::from) };
+            let result = match restore {
+                None => runtime.start(&id, &bundle).await.map(|()| None).map_err(RuntimeError::from),
+                Some(plan) => {
+                    let ctx = IoContext { reaper: &reaper, container_id: &id, namespace: &namespace };
+                    crate::checkpoint::restore_init(&runtime, &bundle, &stdio, owner, ctx, &plan).await.map(Some)
+                }
+            };
             let _ = tx.send(Msg::InitStarted { result, reply });
         });
     }
 
-    fn init_started(&mut self, result: Result<()>, reply: Reply<u32>) {
+    fn init_started(&mut self, result: Result<Option<(u32, ProcessIo, Subscription)>>, reply: Reply<u32>) {
         self.init.starting = false;
-        let pid = self.init.pid;
         match result {
-            Ok(()) => {
+            Ok(restored) => {
+                let subscription = restored.map(|(pid, io, subscription)| {
+                    self.restore = None;
+                    self.init.pid = pid;
+                    self.init.io = Some(io);
+                    self.cgroup = ContainerCgroup::load(pid).ok();
+                    self.oom = self.cgroup.as_ref().and_then(crate::create::watch_oom);
+                    subscription
+                });
+                let pid = self.init.pid;
                 self.init.state = self.init.state.started();
                 let mut ev = TaskStart::new();
                 ev.container_id = self.id.clone();
                 ev.pid = pid;
                 let steps = self.seq.init_started(ev);
                 self.apply(steps);
+                if let Some(exit) = subscription.and_then(|s| s.claim(pid, self.exit_tx.clone(), ProcessId::Init)) {
+                    self.on_exit(ProcessExit { process: ProcessId::Init, exit });
+                }
                 let _ = reply.send(Ok(pid));
             }
             Err(e) => {
@@ -878,8 +897,10 @@ impl Actor {
             (Arc::clone(&self.runtime), self.id.clone(), self.bundle.clone(), self.self_tx.clone());
         let io = self.init.io.take();
         let rootfs_mounted = self.rootfs_mounted;
+        // A pending restore never ran: there is no runtime container to delete.
+        let created = self.restore.is_none();
         self.tasks.spawn(async move {
-            let result = teardown(&runtime, &id, &bundle, io, rootfs_mounted).await;
+            let result = teardown(&runtime, &id, &bundle, io, rootfs_mounted, created).await;
             let _ = tx.send(Msg::InitDeleted { result, reply });
         });
     }
@@ -994,8 +1015,11 @@ async fn teardown(
     bundle: &std::path::Path,
     io: Option<ProcessIo>,
     rootfs_mounted: bool,
+    created: bool,
 ) -> Result<()> {
-    runtime.delete(id, Some(&bundle.join("log.json")), false).await?;
+    if created {
+        runtime.delete(id, Some(&bundle.join("log.json")), false).await?;
+    }
     if let Some(mut io) = io {
         if !io.drain(IO_DRAIN_TIMEOUT).await {
             tracing::warn!(container_id = %id, "failed to drain init process io");

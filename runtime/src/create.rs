@@ -17,11 +17,11 @@ use crate::container::{self, ContainerHandle, NewContainer, Shared};
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::mount::{self, MountSpec};
-use crate::oci::{read_pid_file, CreateOpts, RestoreOpts, Runtime};
+use crate::oci::{read_pid_file, CreateOpts, Runtime};
 use crate::options::{validate_id, BundleSpec, RuncOptions};
 use crate::registry::Reservation;
 
-fn watch_oom(cgroup: &crate::cgroups::ContainerCgroup) -> Option<crate::oom::OomWatch> {
+pub(crate) fn watch_oom(cgroup: &crate::cgroups::ContainerCgroup) -> Option<crate::oom::OomWatch> {
     match cgroup {
         crate::cgroups::ContainerCgroup::V1(paths) => {
             let files = paths.oom_files()?;
@@ -140,7 +140,16 @@ async fn create(
         rollback.rootfs = Some(rootfs);
     }
 
+    // From a checkpoint, Create only records it: Start restores (as the Go shim does).
+    let restore = (!params.checkpoint.is_empty()).then(|| crate::checkpoint::PendingRestore {
+        image_path: PathBuf::from(&params.checkpoint),
+        no_pivot: opts.no_pivot_root,
+        criu_work_path: opts.criu_work_path.clone(),
+    });
     let result = async {
+        if restore.is_some() {
+            return Ok(None);
+        }
         let ctx = IoContext { reaper: &shared.reaper, container_id: &params.id, namespace: &params.namespace };
         let (prepared, rt_stdio) = ProcessIo::prepare(&params.stdio, opts.io_uid, opts.io_gid, ctx).await?;
         let pid_file = bundle.join("init.pid");
@@ -152,24 +161,14 @@ async fn create(
         // Subscribe before the runtime can start the init, so an exit before we know its pid
         // is matched afterwards (SPEC §4.7 no. 3).
         let subscription = shared.reaper.subscribe();
-        let created = if params.checkpoint.is_empty() {
-            runtime.create(&params.id, &bundle, &pid_file, &create_opts, rt_stdio).await.map_err(RuntimeError::from)
-        } else {
-            let restore = RestoreOpts {
-                image_path: PathBuf::from(&params.checkpoint),
-                no_pivot: opts.no_pivot_root,
-                console_socket: create_opts.console_socket.clone(),
-                ..RestoreOpts::default()
-            };
-            let (id, work) = (&params.id, &opts.criu_work_path);
-            crate::checkpoint::restore(&runtime, id, &bundle, &pid_file, restore, rt_stdio, work).await
-        };
+        let created =
+            runtime.create(&params.id, &bundle, &pid_file, &create_opts, rt_stdio).await.map_err(RuntimeError::from);
         // Whatever happened, the runtime may hold state for the id from here on.
         rollback.runtime = Some((&runtime, &params.id, bundle.join("log.json")));
         created?;
         let io = prepared.finish(&params.stdio).await?;
         let pid = read_pid_file(&pid_file)?;
-        Ok::<_, RuntimeError>((pid, io, subscription))
+        Ok::<_, RuntimeError>(Some((pid, io, subscription)))
     }
     .await;
 
@@ -181,7 +180,8 @@ async fn create(
         other => other,
     };
     let (pid, io, subscription) = match result {
-        Ok(v) => v,
+        Ok(Some((pid, io, subscription))) => (pid, Some(io), Some(subscription)),
+        Ok(None) => (0, None, None),
         Err(e) => {
             rollback.run().await;
             return Err(e);
@@ -207,7 +207,7 @@ async fn create(
     event.pid = pid;
 
     // Watched from Create on (containerd 2.2+): an init OOM-killed right after start is seen.
-    let cgroup = crate::cgroups::ContainerCgroup::load(pid).ok();
+    let cgroup = (pid != 0).then(|| crate::cgroups::ContainerCgroup::load(pid).ok()).flatten();
     let handle = container::spawn(
         NewContainer {
             id: params.id.clone(),
@@ -217,7 +217,7 @@ async fn create(
             stdio: params.stdio,
             io,
             rootfs_mounted,
-            restored: !params.checkpoint.is_empty(),
+            restore,
             shares_pid_ns: spec.shares_pid_namespace(),
             io_owner: (opts.io_uid, opts.io_gid),
             namespace: params.namespace.clone(),

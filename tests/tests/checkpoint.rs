@@ -125,7 +125,10 @@ async fn failed_restore_is_clear_and_leaves_nothing() {
     let before: Vec<String> = files_under(&bundle);
     let mut req = env.create_request(id, &bundle);
     req.checkpoint = image.display().to_string();
-    let e = shim.client.create(ctx(), &req).await.unwrap_err();
+    // As in the Go shim, Create only records the checkpoint; Start restores.
+    let created = shim.client.create(ctx(), &req).await.unwrap();
+    assert_eq!(created.pid, 0);
+    let e = shim.client.start(ctx(), &start_req(id, "")).await.unwrap_err();
     assert_eq!(code_of(&e), Code::UNKNOWN, "{e:?}");
     let msg = match &e {
         ttrpc::Error::RpcStatus(s) => s.message.clone(),
@@ -135,6 +138,11 @@ async fn failed_restore_is_clear_and_leaves_nothing() {
     assert!(msg.contains("criu: Error ("), "CRIU's own message: {msg}");
     let log = bundle.join("criu-restore.log");
     assert!(msg.contains(&format!("path= {}", log.display())), "{msg}");
+    // The container stays created, with nothing of the failed restore left; Delete removes it.
+    let st = shim.client.state(ctx(), &state_req(id, "")).await.unwrap();
+    assert_eq!((st.status.enum_value().unwrap(), st.pid), (Status::CREATED, 0));
+    assert!(!env.runc_root().join(NAMESPACE).join(id).exists(), "runc state left");
+    shim.client.delete(ctx(), &delete_req(id, "")).await.unwrap();
     // Nothing left: no runtime state, no mount, no work dir; only the CRIU log (and the
     // options files every Create writes) were added to the bundle.
     assert!(!env.runc_root().join(NAMESPACE).join(id).exists(), "runc state left");
@@ -161,14 +169,15 @@ async fn failed_restore_is_clear_and_leaves_nothing() {
         .events
         .wait_for(std::time::Duration::from_secs(20), "delete", |e| e.iter().any(|r| r.topic == "/tasks/delete"))
         .await;
-    assert_eq!(summarize(&events), vec!["create", "start", &format!("exit {id} 137"), "delete"]);
+    assert_eq!(summarize(&events), vec!["create", "delete", "create", "start", &format!("exit {id} 137"), "delete"]);
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
 
 /// The restore path with CRIU faked (hack/fake-runc `restore:create-start` turns the restore
-/// into create + start and records its arguments): Create restores, Start runs nothing.
+/// into create + start and records its arguments): as in the Go shim, Create only records the
+/// checkpoint (pid 0) and Start restores (issue 15 item 12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_on_create_then_start_runs_nothing() {
+async fn restore_runs_at_start() {
     let mut env = TestEnv::new().await;
     env.set_faults("restore:create-start");
     let id = "ckpt-restored";
@@ -182,7 +191,12 @@ async fn restore_on_create_then_start_runs_nothing() {
     req.checkpoint = image.display().to_string();
     req.stdout = out.display().to_string();
     let created = shim.client.create(ctx(), &req).await.unwrap();
-    assert!(created.pid > 0 && alive(created.pid));
+    assert_eq!(created.pid, 0, "Create must not restore yet");
+    assert!(!image.join("restore-args").exists(), "runc restore ran at Create");
+    let st = shim.client.state(ctx(), &state_req(id, "")).await.unwrap();
+    assert_eq!(st.status.enum_value().unwrap(), Status::CREATED);
+    let started = shim.client.start(ctx(), &start_req(id, "")).await.unwrap();
+    assert!(started.pid > 0 && alive(started.pid));
     let args: Vec<String> =
         std::fs::read_to_string(image.join("restore-args")).unwrap().lines().map(str::to_owned).collect();
     let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
@@ -193,9 +207,6 @@ async fn restore_on_create_then_start_runs_nothing() {
     assert!(args.contains(&"--detach".to_owned()) && args.contains(&"--no-subreaper".to_owned()), "{args:?}");
     assert_eq!(args.last(), Some(&id.to_owned()));
     assert!(!bundle.join("work").exists(), "restore work dir left");
-    // Start: the restored init already runs; a `runc start` would fail on it.
-    let started = shim.client.start(ctx(), &start_req(id, "")).await.unwrap();
-    assert_eq!(started.pid, created.pid);
     let st = shim.client.state(ctx(), &state_req(id, "")).await.unwrap();
     assert_eq!(st.status.enum_value().unwrap(), Status::RUNNING);
     shim.client.kill(ctx(), &kill_req(id, "", 9)).await.unwrap();
@@ -208,6 +219,8 @@ async fn restore_on_create_then_start_runs_nothing() {
         .await;
     assert_eq!(summarize(&events), vec!["create", "start", &format!("exit {id} 137"), "delete"]);
     let c: containerd_shim_protos::events::task::TaskCreate = events[0].decode();
-    assert_eq!((c.checkpoint.as_str(), c.pid), (image.display().to_string().as_str(), created.pid));
+    assert_eq!((c.checkpoint.as_str(), c.pid), (image.display().to_string().as_str(), 0));
+    let s: containerd_shim_protos::events::task::TaskStart = events[1].decode();
+    assert_eq!(s.pid, started.pid);
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
