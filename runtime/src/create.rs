@@ -121,6 +121,13 @@ async fn create(
     validate_id(&params.id).map_err(|reason| RuntimeError::InvalidArgument { field: "id", reason })?;
     let bundle = bundle_path(&params.bundle)?;
     let spec = BundleSpec::load(&bundle)?;
+    // Checkpoint images that are not there fail the Create, not the Start that restores.
+    if !params.checkpoint.is_empty() && !Path::new(&params.checkpoint).is_dir() {
+        return Err(RuntimeError::InvalidArgument {
+            field: "checkpoint",
+            reason: format!("{:?} is not a directory", params.checkpoint),
+        });
+    }
     let opts = &params.options;
     opts.write_to_bundle(&bundle)?;
     let runtime = Arc::new(Runtime::new(
