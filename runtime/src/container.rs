@@ -695,8 +695,7 @@ impl Actor {
                             let sig = nix::sys::signal::Signal::try_from(i32::try_from(signal).unwrap_or(-1)).map_err(
                                 |_| RuntimeError::InvalidArgument { field: "signal", reason: signal.to_string() },
                             )?;
-                            let pid = nix::unistd::Pid::from_raw(i32::try_from(p.pid).unwrap_or(0));
-                            nix::sys::signal::kill(pid, sig).map_err(|errno| match errno {
+                            crate::sys::signal_pid(p.pid, Some(sig)).map_err(|errno| match errno {
                                 nix::errno::Errno::ESRCH => RuntimeError::ProcessFinished,
                                 other => RuntimeError::Sys { what: format!("kill {}", p.pid), source: other.into() },
                             })
