@@ -859,7 +859,8 @@ async fn teardown(
         }
     }
     if rootfs_mounted {
-        crate::mount::unmount_all(&bundle.join("rootfs"))
+        crate::mount::unmount_all_off_loop(&bundle.join("rootfs"))
+            .await
             .map_err(|e| RuntimeError::Sys { what: "unmount rootfs".into(), source: e })?;
     }
     Ok(())

@@ -105,7 +105,9 @@ pub fn open_file(path: &Path) -> io::Result<std::fs::File> {
     std::fs::OpenOptions::new().append(true).create(true).mode(0o644).open(path)
 }
 
-/// Copies a pipe into a shared log file until EOF.
+/// Copies a pipe into a shared log file until EOF. Each write runs on the blocking pool: a
+/// log file on a slow (or network, or full) filesystem blocks in `write(2)`, which must not
+/// stall the event loop.
 pub async fn copy_to_file(fd: OwnedFd, file: std::sync::Arc<std::fs::File>) {
     let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
     let mut buf = vec![0u8; 32 * 1024];
@@ -113,9 +115,15 @@ pub async fn copy_to_file(fd: OwnedFd, file: std::sync::Arc<std::fs::File>) {
         match rx.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                // Regular-file appends go to the page cache; a short synchronous write is fine.
-                if (&*file).write_all(&buf[..n]).is_err() {
-                    return;
+                let f = std::sync::Arc::clone(&file);
+                let written = tokio::task::spawn_blocking(move || {
+                    let r = (&*f).write_all(&buf[..n]);
+                    (buf, r)
+                })
+                .await;
+                match written {
+                    Ok((b, Ok(()))) => buf = b,
+                    Ok((_, Err(_))) | Err(_) => return,
                 }
             }
         }

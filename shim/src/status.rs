@@ -48,6 +48,7 @@ pub fn code(e: &ShimError) -> Code {
             RuntimeError::Oci(o) => match o {
                 OciError::ProcessFinished | OciError::ContainerNotFound => Code::NOT_FOUND,
                 OciError::BinaryNotFound { .. } | OciError::Failed { .. } | OciError::Spawn { .. } => Code::UNKNOWN,
+                OciError::TimedOut { .. } => Code::DEADLINE_EXCEEDED,
                 OciError::Io { .. } => Code::INTERNAL,
             },
             RuntimeError::Io(IoError::Unsupported { .. }) => Code::INVALID_ARGUMENT,
@@ -87,6 +88,10 @@ mod tests {
             (rt(RuntimeError::Precondition("p".into())), Code::FAILED_PRECONDITION),
             (rt(RuntimeError::Oci(OciError::ProcessFinished)), Code::NOT_FOUND),
             (rt(RuntimeError::Oci(OciError::BinaryNotFound { binary: "no-runc".into() })), Code::UNKNOWN),
+            (
+                rt(RuntimeError::Oci(OciError::TimedOut { op: "exec", limit: std::time::Duration::from_secs(300) })),
+                Code::DEADLINE_EXCEEDED,
+            ),
             (rt(RuntimeError::Io(IoError::Console(std::io::ErrorKind::TimedOut.into()))), Code::INTERNAL),
             (ShimError::InvalidArgument { field: "f", reason: "r".into() }, Code::INVALID_ARGUMENT),
             (ShimError::Unimplemented("pause"), Code::UNIMPLEMENTED),

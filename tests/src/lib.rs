@@ -162,6 +162,7 @@ pub struct TestEnv {
     containers: Mutex<Vec<(String, PathBuf)>>,
     faults: Option<String>,
     runtime: Option<PathBuf>,
+    shim_env: Vec<(String, String)>,
 }
 
 impl TestEnv {
@@ -188,6 +189,7 @@ impl TestEnv {
             containers: Mutex::new(Vec::new()),
             faults: None,
             runtime: None,
+            shim_env: Vec::new(),
         }
     }
 
@@ -217,6 +219,12 @@ impl TestEnv {
     /// `hack/crun-private-ns`: Debian's crun, runnable on this cgroup v1 hybrid host.
     pub fn crun_wrapper() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hack/crun-private-ns")
+    }
+
+    /// Sets an environment variable for shims started from now on (as containerd's own
+    /// environment reaches its shims).
+    pub fn set_shim_env(&mut self, key: &str, value: &str) {
+        self.shim_env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Makes containers created from now on use `binary` as the OCI runtime (BinaryName).
@@ -334,6 +342,7 @@ impl TestEnv {
             ])
             .env("TTRPC_ADDRESS", self.dir.join("events.sock"))
             .env("SHIM_BOOTSTRAP_FORMAT", "plain")
+            .envs(self.shim_env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null());
         cmd
     }
