@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use shim_events::publisher::QueueLimits;
+use shim_events::publisher::{ForwardTimeouts, QueueLimits};
 use shim_events::{Publisher, PublisherConfig};
 use shim_runtime::container::Shared;
 use shim_runtime::reaper::Reaper;
@@ -93,6 +93,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
             ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
             namespace: flags.namespace.clone(),
             limits: QueueLimits::default(),
+            timeouts: ForwardTimeouts::default(),
         });
         let shared = Shared { reaper, publisher: publisher.clone(), registry: Arc::new(Registry::default()) };
         let shutdown = Arc::new(Notify::new());
@@ -110,11 +111,22 @@ pub fn serve(flags: &Flags) -> Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-        if !publisher.flush(EXIT_FLUSH_TIMEOUT).await {
-            tracing::warn!("exiting with undelivered events");
-        }
+        // No new connections (`start` must not join a shim that is leaving), and containerd's
+        // connections closed, so its Shutdown/Delete returns while events still go out.
         if let Some(path) = &socket_path {
             let _ = std::fs::remove_file(path);
+        }
+        server.disconnect().await;
+        let report = publisher.drain(EXIT_FLUSH_TIMEOUT).await;
+        if report.undelivered == 0 {
+            tracing::info!(delivered = report.delivered, "every queued event delivered; exiting");
+        } else {
+            tracing::warn!(
+                delivered = report.delivered,
+                undelivered = report.undelivered,
+                containerd_gone = report.containerd_gone,
+                "exiting with undelivered events"
+            );
         }
         reap.abort();
         publisher_task.abort();

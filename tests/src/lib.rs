@@ -63,11 +63,15 @@ impl Recorded {
 }
 
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Recorded>>>);
+struct Recorder(Arc<Mutex<Vec<Recorded>>>, Arc<Mutex<Duration>>);
 
 #[async_trait]
 impl Events for Recorder {
     async fn forward(&self, _ctx: &ttrpc::asynchronous::TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
+        let delay = *self.1.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let env = req.envelope.into_option().unwrap_or_default();
         self.0.lock().unwrap().push(Recorded {
             topic: env.topic,
@@ -111,6 +115,12 @@ impl EventServer {
             .register_service(create_events(svc));
         server.start().await.unwrap();
         self.server = Some(server);
+    }
+
+    /// Makes every later Forward take `delay` before it is recorded and answered (a slow
+    /// containerd).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.recorder.1.lock().unwrap() = delay;
     }
 
     /// Everything recorded so far.

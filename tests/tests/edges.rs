@@ -1,4 +1,4 @@
-//! Hardening at the edges (issue 15 items 5, 8, 9) through the built binary with real runc,
+//! Hardening at the edges (issue 15 items 5, 6, 8, 9) through the built binary with real runc,
 //! `hack/fake-runc` for the faults and the fake events server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // One test changes one thread's effective gid with the raw syscall (see `connect_with_egid`).
@@ -363,4 +363,37 @@ async fn a_failed_runtime_call_reads_only_the_tail_of_log_json() {
     eprintln!("failed runtime call with a 64 MiB log.json: peak RSS +{grown} KiB");
     kill_and_delete(&shim.client, id).await;
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
+
+/// Item 6: at Shutdown the shim stays until every queued event reached containerd (a slow one
+/// here: 300 ms per Forward, about 6 s for the queue). Before the fix it flushed for 2 s and
+/// exited, dropping the rest (TaskDelete among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_queued_events() {
+    let env = TestEnv::new().await;
+    let id = "edge-flush";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    env.events.set_delay(Duration::from_millis(300));
+    shim.client.create(deadline(LIMIT), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(deadline(LIMIT), &start(id, "")).await.unwrap();
+    for i in 0..4 {
+        let e = format!("e{i}");
+        shim.client.exec(deadline(LIMIT), &exec(id, &e, &["true"])).await.unwrap();
+        shim.client.start(deadline(LIMIT), &start(id, &e)).await.unwrap();
+        shim.client.wait(deadline(LIMIT), &wait(id, &e)).await.unwrap();
+        shim.client.delete(deadline(LIMIT), &delete(id, &e)).await.unwrap();
+    }
+    kill_and_delete(&shim.client, id).await;
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+    let gone = tokio::time::Instant::now() + LIMIT;
+    while alive(shim.pid) {
+        assert!(tokio::time::Instant::now() < gone, "shim still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = env.events.all();
+    let topics = summarize(&events);
+    // create, start, 4 × (exec-added, exec-started, exit), exit, delete
+    assert_eq!(topics.len(), 16, "{topics:?}");
+    assert_eq!(topics.last().map(String::as_str), Some("delete"), "{topics:?}");
 }
