@@ -111,12 +111,13 @@ pub fn serve(flags: &Flags) -> Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-        // No new connections (`start` must not join a shim that is leaving), and containerd's
-        // connections closed, so its Shutdown/Delete returns while events still go out.
+        // No new connections (`start` must not join a shim that is leaving), and no more
+        // requests on the open ones while events still go out. ttrpc's disconnect waits up to
+        // 5 s per connection for its writer, so it runs beside the drain, not before it.
         if let Some(path) = &socket_path {
             let _ = std::fs::remove_file(path);
         }
-        server.disconnect().await;
+        let disconnect = tokio::spawn(async move { server.disconnect().await });
         let report = publisher.drain(EXIT_FLUSH_TIMEOUT).await;
         if report.undelivered == 0 {
             tracing::info!(delivered = report.delivered, "every queued event delivered; exiting");
@@ -128,6 +129,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
                 "exiting with undelivered events"
             );
         }
+        disconnect.abort();
         reap.abort();
         publisher_task.abort();
         Ok::<_, anyhow::Error>(())
