@@ -397,3 +397,63 @@ async fn shutdown_waits_for_queued_events() {
     assert_eq!(topics.len(), 16, "{topics:?}");
     assert_eq!(topics.last().map(String::as_str), Some("delete"), "{topics:?}");
 }
+
+/// `Threads:` and `RssAnon:` (KiB; the binary's own pages are file-backed and grow as code
+/// paths are first used) of `pid`.
+fn threads_and_rss(pid: u32) -> (u32, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    };
+    (u32::try_from(field("Threads:").unwrap_or(0)).unwrap(), field("RssAnon:").unwrap_or(0))
+}
+
+/// Item 5, what the blocking pool costs: threads appear only while there is blocking work
+/// (rootfs mount, 8 MiB through a `file://` log, unmount) and exit when idle. Budget: at most
+/// 1 + 2 threads, back to 1 once idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_pool_threads_exit_when_idle() {
+    let env = TestEnv::new().await;
+    let id = "edge-pool";
+    let bundle = env.bundle(id, &["sh", "-c", "yes 0123456789abcdef | head -c 8388608"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    let (idle_threads, idle_rss) = threads_and_rss(shim.pid);
+    assert_eq!(idle_threads, 1, "an idle shim has one thread");
+    let pid = shim.pid;
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = std::sync::Arc::clone(&sampling);
+    let sampler = std::thread::spawn(move || {
+        let (mut threads, mut rss) = (0, 0);
+        while flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let (t, r) = threads_and_rss(pid);
+            (threads, rss) = (threads.max(t), rss.max(r));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (threads, rss)
+    });
+    let log = env.dir.join("logs/out.log");
+    let mut req = env.create_request(id, &bundle);
+    req.stdout = format!("file://{}", log.display());
+    shim.client.create(deadline(LIMIT), &req).await.unwrap();
+    shim.client.start(deadline(LIMIT), &start(id, "")).await.unwrap();
+    assert_eq!(shim.client.wait(deadline(LIMIT), &wait(id, "")).await.unwrap().exit_status, 0);
+    shim.client.delete(deadline(LIMIT), &delete(id, "")).await.unwrap();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (peak_threads, peak_rss) = sampler.join().unwrap();
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 8 << 20);
+    assert!(peak_threads <= 3, "{peak_threads} threads");
+    let busy_rss = threads_and_rss(shim.pid).1;
+    let idle_again = tokio::time::Instant::now();
+    while threads_and_rss(shim.pid).0 > 1 {
+        assert!(idle_again.elapsed() < LIMIT, "blocking threads never exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = threads_and_rss(shim.pid);
+    eprintln!(
+        "blocking pool: threads idle {idle_threads}, peak {peak_threads}, 1 again {:.1}s after Delete; \
+         RssAnon KiB idle {idle_rss}, peak {peak_rss}, after Delete {busy_rss}, idle again {}",
+        idle_again.elapsed().as_secs_f64(),
+        after.1
+    );
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
