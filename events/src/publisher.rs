@@ -594,11 +594,13 @@ mod tests {
         }
         let stats = p.stats();
         assert_eq!((stats.queued_events, stats.dropped), (kept.len(), dropped));
+        assert!(p.over_ceiling(), "new work is refused at the ceiling");
         let recorder = Recorder::default();
         let mut server = serve(&path, &recorder).await;
         assert!(p.flush(Duration::from_secs(20)).await);
         assert_eq!(recorder.got(), kept);
         assert_eq!(p.stats().queued_events, 0);
+        assert!(!p.over_ceiling());
         server.shutdown().await.unwrap();
         drop(p);
         task.abort();
