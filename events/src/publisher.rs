@@ -351,6 +351,11 @@ async fn run(
 /// Connects to containerd's ttrpc socket; a missing or refusing socket counts as "gone".
 async fn connect(address: &str, counters: &Counters) -> Result<EventsClient, String> {
     let path = address.strip_prefix("unix://").unwrap_or(address);
+    if path.is_empty() {
+        // No TTRPC_ADDRESS: nobody to deliver to, ever.
+        counters.gone.fetch_add(1, Ordering::Relaxed);
+        return Err("no events address (TTRPC_ADDRESS is empty)".into());
+    }
     if !path.starts_with('/') {
         // Not a filesystem path (an abstract socket): ttrpc's own connect.
         let c = ttrpc::asynchronous::Client::connect(address).await.map_err(|e| e.to_string())?;
@@ -700,6 +705,17 @@ mod tests {
         p.publish(exit("a"));
         let report = p.drain(Duration::from_secs(600)).await;
         assert_eq!(report, DrainReport { delivered: 0, undelivered: 2, containerd_gone: true });
+        drop(p);
+        task.abort();
+    }
+
+    /// No events address at all (TTRPC_ADDRESS unset): nobody will ever take the events.
+    #[tokio::test]
+    async fn drain_without_an_address_does_not_wait() {
+        let (p, task) = publisher(std::path::Path::new(""), QueueLimits::default());
+        p.publish(exit("a"));
+        let report = p.drain(Duration::from_secs(600)).await;
+        assert_eq!(report, DrainReport { delivered: 0, undelivered: 1, containerd_gone: true });
         drop(p);
         task.abort();
     }
