@@ -457,3 +457,35 @@ async fn blocking_pool_threads_exit_when_idle() {
     );
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+/// Item 9, the harm the limit bounds: while a `runc exec` hangs, the init's exit is held (an
+/// exec is starting, SPEC §3.3); once the call is killed at the limit, the init's Wait and
+/// TaskExit are released. Before the fix both waited for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_exec_does_not_hold_the_init_exit_for_good() {
+    let mut env = TestEnv::new().await;
+    env.set_shim_env("SHIM_RUNC_TIMEOUT", "3");
+    env.set_faults("exec:hang");
+    let id = "edge-hang-init";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    shim.client.create(deadline(LIMIT), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(deadline(LIMIT), &start(id, "")).await.unwrap();
+    shim.client.exec(deadline(LIMIT), &exec(id, "e1", &["true"])).await.unwrap();
+    let client = shim.client.clone();
+    let starting = tokio::spawn(async move { client.start(deadline(LIMIT), &start(id, "e1")).await });
+    // The exec's runc is running (hung) once fake-runc has exec'd its sleep.
+    let hung = tokio::time::Instant::now() + LIMIT;
+    while children_matching(shim.pid, "sleep 1000000").is_empty() {
+        assert!(tokio::time::Instant::now() < hung, "the exec's runtime never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shim.client.kill(deadline(LIMIT), &kill(id, "", 9)).await.unwrap();
+    let w = shim.client.wait(deadline(LIMIT), &wait(id, "")).await.expect("init's Wait released");
+    assert_eq!(w.exit_status, 137);
+    let r = starting.await.unwrap();
+    assert!(r.is_err(), "the hung exec start succeeded: {r:?}");
+    env.events.wait_for(LIMIT, "init TaskExit", |e| summarize(e).iter().any(|s| s == &format!("exit {id} 137"))).await;
+    shim.client.delete(deadline(LIMIT), &delete(id, "")).await.unwrap();
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
