@@ -13,8 +13,10 @@
 //! - at most one `TaskExit` per started process; no exit for a process never started;
 //! - no exec is admitted to start once the init's exit has been observed;
 //! - events leave the publisher in the order they were queued; a failed delivery is retried in
-//!   place (head of line) and never dropped or overtaken; above the queue's memory ceiling
-//!   non-exit events are dropped (logged), exits/OOMs/deletes never (see [`publisher`]).
+//!   place (head of line) and never dropped or overtaken, except an event containerd refuses
+//!   for good (InvalidArgument, NotFound), which is logged and skipped; above the queue's memory
+//!   ceiling only paused/resumed are dropped (logged), no event a later one depends on, and the
+//!   shim refuses new work instead (see [`publisher`]).
 //!
 //! Non-goals: ordering across containers; anything about processes, pids or runc (this crate
 //! knows ids, pids and facts only).

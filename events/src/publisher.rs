@@ -7,18 +7,34 @@
 //! - A failed `Forward` is retried *in place*: the head event is re-sent after a capped backoff
 //!   and a fresh connection, and nothing behind it overtakes it. Nothing is dropped because
 //!   containerd is away (the Go shim gives up after 5 tries, SPEC §3.2).
+//! - Permanent refusals: containerd answering `InvalidArgument` (a malformed envelope) or
+//!   `NotFound` (its namespace is gone) would refuse the event forever; it is logged as an
+//!   error with its topic and container and skipped, so the events behind it go out. Every
+//!   other failure (no socket, refused, reset, `Unavailable`, ...) is transient: retried.
+//! - A slow containerd: a `Forward` is sent without a deadline and its answer waited for on
+//!   the same connection (a warning every [`ForwardTimeouts::answer`]). It is re-sent only when
+//!   the connection breaks or after [`ForwardTimeouts::abandon`] (60 s) without an answer. So
+//!   delivery is at-least-once, and a duplicate is possible only then (containerd restarted
+//!   after taking the event, or did not answer for a minute). A duplicate is byte-identical
+//!   (same envelope and timestamp) and is sent before anything queued after it; containerd's
+//!   consumers treat a repeated TaskExit of the same process as already handled (CRI updates
+//!   an exited container's status once). Giving up instead would lose TaskExit, which nothing
+//!   can rebuild.
 //! - [`Publisher::publish`] never blocks its caller (the container actors and the reaper path).
 //! - Memory ceiling ([`QueueLimits`], default 65 536 events or 16 MiB of encoded envelopes,
-//!   whichever is reached first): events are counted from `publish` until delivered. Above the
-//!   ceiling, a *non-exit* event (create, start, exec-added, exec-started, paused, resumed) is
-//!   dropped, never an exit: `TaskExit`, `TaskOOM` and `TaskDelete` are always queued, even
-//!   over the ceiling (they are bounded by the number of processes and containers, each exits
-//!   and is deleted once). Drops are logged as warnings, rate-limited to the 1st, 2nd, 4th, 8th,
-//!   ... drop of an episode, each stating how many were dropped so far; when an event is
-//!   delivered again after drops, one info line gives the episode's total. [`Publisher::stats`]
-//!   exposes the counters.
-//! - [`Publisher::flush`] waits, with a bound, until everything queued before it was delivered;
-//!   the shim calls it before exiting on `Shutdown`.
+//!   whichever is reached first): events are counted from `publish` until delivered. No event
+//!   another one depends on is ever dropped: create, start, exec-added and exec-started (a later
+//!   exit or delete needs them), exit, OOM and delete are always queued. Above the ceiling only
+//!   paused/resumed notifications are dropped, and new work is refused instead: the shim asks
+//!   [`Publisher::over_ceiling`] before Create and Exec, so the lifecycle events still to come
+//!   are bounded by the processes that exist. Drops are logged as warnings, rate-limited to the
+//!   1st, 2nd, 4th, 8th, ... drop of an episode, each stating how many were dropped so far;
+//!   when an event is delivered again after drops, one info line gives the episode's total.
+//!   [`Publisher::stats`] exposes the counters.
+//! - [`Publisher::flush`] waits, with a bound, until everything queued before it was delivered.
+//!   [`Publisher::drain`] is the shim's exit path: it waits until the queue is delivered, or
+//!   containerd is known gone (its socket is missing or refuses connections), or a bound
+//!   passes, and reports the counts.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +52,10 @@ use crate::topics::Event;
 
 /// Timeout of one `Forward` call, as in the Go shim.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an unanswered `Forward` is waited for before it is re-sent on a new connection.
+const FORWARD_ABANDON: Duration = Duration::from_secs(60);
+/// How often [`Publisher::drain`] looks at the queue.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// First retry delay after a failed delivery; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest delay between two delivery attempts of the same event.
@@ -50,6 +70,23 @@ pub struct PublisherConfig {
     pub namespace: String,
     /// The queue's memory ceiling.
     pub limits: QueueLimits,
+    /// How long a `Forward` may take.
+    pub timeouts: ForwardTimeouts,
+}
+
+/// How long the publisher waits for containerd to answer one `Forward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardTimeouts {
+    /// After this long without an answer, a warning is logged.
+    pub answer: Duration,
+    /// After this long without an answer, the connection is dropped and the event re-sent.
+    pub abandon: Duration,
+}
+
+impl Default for ForwardTimeouts {
+    fn default() -> Self {
+        ForwardTimeouts { answer: FORWARD_TIMEOUT, abandon: FORWARD_ABANDON }
+    }
 }
 
 /// The publisher queue's ceiling (see the module docs for what happens above it).
@@ -74,8 +111,21 @@ pub struct QueueStats {
     pub queued_events: usize,
     /// Their encoded size.
     pub queued_bytes: usize,
-    /// Non-exit events dropped over the ceiling since start.
+    /// Paused/resumed events dropped over the ceiling since start.
     pub dropped: u64,
+    /// Events containerd refused for good (skipped) since start.
+    pub rejected: u64,
+}
+
+/// What [`Publisher::drain`] achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Events delivered (or refused for good) while draining.
+    pub delivered: u64,
+    /// Events still queued when it returned.
+    pub undelivered: usize,
+    /// Whether it stopped because containerd's socket was missing or refused connections.
+    pub containerd_gone: bool,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +133,11 @@ struct Counters {
     events: AtomicUsize,
     bytes: AtomicUsize,
     dropped: AtomicU64,
+    rejected: AtomicU64,
+    /// Events taken off the queue (delivered or refused for good).
+    done: AtomicU64,
+    /// Connection attempts that found no containerd (no socket, or refused).
+    gone: AtomicU64,
     /// Drops of the current episode (reset when an event is delivered again).
     episode: AtomicU64,
 }
@@ -102,9 +157,17 @@ pub struct Publisher {
     counters: Arc<Counters>,
 }
 
-/// Exits, OOMs and deletes are never dropped: they carry what containerd cannot learn again.
-fn never_dropped(event: &Event) -> bool {
-    matches!(event, Event::Exit(_) | Event::Oom(_) | Event::Delete(_))
+/// Only paused/resumed may be dropped over the ceiling: no later event depends on them, and the
+/// container's state is in State either way. Every other event is either needed by a later one
+/// (create, start, exec-added, exec-started) or carries what containerd cannot learn again
+/// (exit, OOM, delete).
+fn droppable(event: &Event) -> bool {
+    matches!(event, Event::Paused(_) | Event::Resumed(_))
+}
+
+/// containerd would refuse this event every time: skip it rather than block the queue.
+fn permanent(status: &ttrpc::Status) -> bool {
+    matches!(status.code(), ttrpc::Code::INVALID_ARGUMENT | ttrpc::Code::NOT_FOUND)
 }
 
 impl Publisher {
@@ -113,12 +176,12 @@ impl Publisher {
     pub fn start(config: PublisherConfig) -> (Publisher, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
-        let handle = tokio::spawn(run(config.ttrpc_address, rx, Arc::clone(&counters)));
+        let handle = tokio::spawn(run(config.ttrpc_address, config.timeouts, rx, Arc::clone(&counters)));
         (Publisher { tx, namespace: config.namespace.into(), limits: config.limits, counters }, handle)
     }
 
-    /// Queues an event, or drops it if it is not an exit and the queue is over its ceiling.
-    /// Never blocks.
+    /// Queues an event, or drops it if it is a paused/resumed notification and the queue is over
+    /// its ceiling. Never blocks.
     pub fn publish(&self, event: Event) {
         let (topic, container_id) = (event.topic(), event.container_id().to_owned());
         let request = match envelope(&self.namespace, &event, SystemTime::now()) {
@@ -131,8 +194,7 @@ impl Publisher {
         let size = usize::try_from(request.compute_size()).unwrap_or(usize::MAX);
         let c = &self.counters;
         let (events, bytes) = (c.events.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed));
-        if !never_dropped(&event)
-            && (events >= self.limits.max_events || bytes.saturating_add(size) > self.limits.max_bytes)
+        if droppable(&event) && (events >= self.limits.max_events || bytes.saturating_add(size) > self.limits.max_bytes)
         {
             c.dropped.fetch_add(1, Ordering::Relaxed);
             let n = c.episode.fetch_add(1, Ordering::Relaxed) + 1;
@@ -145,7 +207,7 @@ impl Publisher {
                     queued_bytes = bytes,
                     max_events = self.limits.max_events,
                     max_bytes = self.limits.max_bytes,
-                    "event queue over its ceiling (containerd unreachable?): non-exit event dropped"
+                    "event queue over its ceiling (containerd unreachable?): paused/resumed event dropped"
                 );
             }
             return;
@@ -166,6 +228,47 @@ impl Publisher {
             queued_events: self.counters.events.load(Ordering::Relaxed),
             queued_bytes: self.counters.bytes.load(Ordering::Relaxed),
             dropped: self.counters.dropped.load(Ordering::Relaxed),
+            rejected: self.counters.rejected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the queue is at its ceiling: the shim then refuses new work (Create, Exec), whose
+    /// lifecycle events could not be dropped.
+    pub fn over_ceiling(&self) -> bool {
+        let c = &self.counters;
+        c.events.load(Ordering::Relaxed) >= self.limits.max_events
+            || c.bytes.load(Ordering::Relaxed) >= self.limits.max_bytes
+    }
+
+    /// The exit path: waits until everything queued before this call was delivered, or
+    /// containerd is known gone (a connection attempt after this call found no socket or was
+    /// refused), or `limit` passes.
+    pub async fn drain(&self, limit: Duration) -> DrainReport {
+        let c = &self.counters;
+        let (done0, gone0) = (c.done.load(Ordering::Relaxed), c.gone.load(Ordering::Relaxed));
+        let (tx, mut rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut containerd_gone = false;
+        if self.tx.send(Queued::Flush(tx)).is_ok() {
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    _ = tokio::time::sleep(DRAIN_POLL) => {
+                        if c.gone.load(Ordering::Relaxed) > gone0 {
+                            containerd_gone = true;
+                            break;
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        DrainReport {
+            delivered: c.done.load(Ordering::Relaxed) - done0,
+            undelivered: c.events.load(Ordering::Relaxed),
+            containerd_gone,
         }
     }
 
@@ -180,7 +283,21 @@ impl Publisher {
     }
 }
 
-async fn run(ttrpc_address: String, mut rx: mpsc::UnboundedReceiver<Queued>, counters: Arc<Counters>) {
+/// How one delivery attempt ended.
+enum Outcome {
+    Delivered,
+    /// containerd refused it for good.
+    Refused(ttrpc::Status),
+    /// Worth retrying.
+    Failed(String),
+}
+
+async fn run(
+    ttrpc_address: String,
+    timeouts: ForwardTimeouts,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    counters: Arc<Counters>,
+) {
     let address = if ttrpc_address.contains("://") { ttrpc_address.clone() } else { format!("unix://{ttrpc_address}") };
     let mut client: Option<EventsClient> = None;
     while let Some(item) = rx.recv().await {
@@ -195,31 +312,64 @@ async fn run(ttrpc_address: String, mut rx: mpsc::UnboundedReceiver<Queued>, cou
         let mut attempt: u64 = 0;
         loop {
             attempt += 1;
-            match deliver(&address, &mut client, &request).await {
-                Ok(()) => {
-                    counters.events.fetch_sub(1, Ordering::Relaxed);
-                    counters.bytes.fetch_sub(size, Ordering::Relaxed);
-                    let dropped = counters.episode.swap(0, Ordering::Relaxed);
-                    if dropped > 0 {
-                        tracing::info!(dropped, "events are delivered again; non-exit events dropped meanwhile");
-                    }
-                    break;
+            let outcome = deliver(&address, &mut client, &request, timeouts, &counters).await;
+            let failure = match outcome {
+                Outcome::Delivered => None,
+                Outcome::Refused(status) => {
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        topic,
+                        container_id,
+                        code = ?status.code(),
+                        message = status.message(),
+                        "containerd refused the event for good; skipped"
+                    );
+                    None
                 }
-                Err(e) => {
-                    client = None;
-                    if attempt == 1 || attempt.is_power_of_two() {
-                        tracing::warn!(
-                            topic,
-                            container_id,
-                            attempt,
-                            error = %e,
-                            "event delivery failed; retrying in place"
-                        );
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                Outcome::Failed(e) => Some(e),
+            };
+            let Some(e) = failure else {
+                counters.events.fetch_sub(1, Ordering::Relaxed);
+                counters.bytes.fetch_sub(size, Ordering::Relaxed);
+                counters.done.fetch_add(1, Ordering::Relaxed);
+                let dropped = counters.episode.swap(0, Ordering::Relaxed);
+                if dropped > 0 {
+                    tracing::info!(dropped, "events are delivered again; paused/resumed events dropped meanwhile");
                 }
+                break;
+            };
+            client = None;
+            if attempt == 1 || attempt.is_power_of_two() {
+                tracing::warn!(topic, container_id, attempt, error = %e, "event delivery failed; retrying in place");
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// Connects to containerd's ttrpc socket; a missing or refusing socket counts as "gone".
+async fn connect(address: &str, counters: &Counters) -> Result<EventsClient, String> {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    if path.is_empty() {
+        // No TTRPC_ADDRESS: nobody to deliver to, ever.
+        counters.gone.fetch_add(1, Ordering::Relaxed);
+        return Err("no events address (TTRPC_ADDRESS is empty)".into());
+    }
+    if !path.starts_with('/') {
+        // Not a filesystem path (an abstract socket): ttrpc's own connect.
+        let c = ttrpc::asynchronous::Client::connect(address).await.map_err(|e| e.to_string())?;
+        return Ok(EventsClient::new(c));
+    }
+    match tokio::net::UnixStream::connect(path).await {
+        Ok(stream) => Ok(EventsClient::new(ttrpc::asynchronous::Client::new(
+            ttrpc::asynchronous::transport::Socket::from(stream),
+        ))),
+        Err(e) => {
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) {
+                counters.gone.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(format!("connect {path}: {e}"))
         }
     }
 }
@@ -228,15 +378,38 @@ async fn deliver(
     address: &str,
     client: &mut Option<EventsClient>,
     request: &ForwardRequest,
-) -> Result<(), ttrpc::Error> {
+    timeouts: ForwardTimeouts,
+    counters: &Counters,
+) -> Outcome {
     let c = match client {
         Some(c) => c,
-        None => client.insert(EventsClient::new(ttrpc::asynchronous::Client::connect(address).await?)),
+        None => match connect(address, counters).await {
+            Ok(c) => client.insert(c),
+            Err(e) => return Outcome::Failed(e),
+        },
     };
-    let timeout_ns = i64::try_from(FORWARD_TIMEOUT.as_nanos()).unwrap_or(i64::MAX);
-    match tokio::time::timeout(FORWARD_TIMEOUT, c.forward(ttrpc::context::with_timeout(timeout_ns), request)).await {
-        Ok(r) => r.map(|_| ()),
-        Err(_) => Err(ttrpc::Error::Others("forward timed out".into())),
+    // No deadline on the request: containerd must not drop an event half-way because it was
+    // slow, and an answer that comes late is still an answer (no re-send, no duplicate).
+    let ctx = ttrpc::context::Context::default();
+    let call = c.forward(ctx, request);
+    tokio::pin!(call);
+    let started = tokio::time::Instant::now();
+    loop {
+        match tokio::time::timeout(timeouts.answer, &mut call).await {
+            Ok(Ok(_)) => return Outcome::Delivered,
+            Ok(Err(ttrpc::Error::RpcStatus(s))) if permanent(&s) => return Outcome::Refused(s),
+            Ok(Err(e)) => return Outcome::Failed(e.to_string()),
+            Err(_) => {
+                let waited = started.elapsed();
+                if waited >= timeouts.abandon {
+                    return Outcome::Failed(format!("no answer within {}s; re-sending", waited.as_secs()));
+                }
+                tracing::warn!(
+                    waited_ms = waited.as_millis(),
+                    "containerd has not answered a Forward yet; still waiting"
+                );
+            }
+        }
     }
 }
 
@@ -264,26 +437,81 @@ pub fn timestamp(at: SystemTime) -> Timestamp {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use containerd_shim_protos::events::task::{TaskDelete, TaskExit, TaskOOM, TaskStart};
+    use containerd_shim_protos::events::task::{
+        TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskStart,
+    };
     use containerd_shim_protos::shim_async::{create_events, Events};
     use protobuf::well_known_types::empty::Empty;
     use std::sync::Mutex;
 
-    #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<(String, String)>>>);
+    /// What the fake events server does with one Forward: the topic and how many Forwards of
+    /// that topic it has seen before this one.
+    type Script = Arc<dyn Fn(&str, usize) -> Action + Send + Sync>;
+
+    #[derive(Clone, Copy, Debug)]
+    enum Action {
+        Accept,
+        /// Answer with this code (the event is not recorded).
+        Reject(ttrpc::Code),
+        /// Record it, then answer after this long.
+        Slow(Duration),
+    }
+
+    /// A fake containerd `Events` endpoint recording (topic, container id).
+    #[derive(Clone)]
+    struct Recorder {
+        got: Arc<Mutex<Vec<(String, String)>>>,
+        seen: Arc<Mutex<HashMap<String, usize>>>,
+        script: Script,
+    }
+
+    use std::collections::HashMap;
+
+    impl Default for Recorder {
+        fn default() -> Self {
+            Recorder::scripted(|_, _| Action::Accept)
+        }
+    }
+
+    impl Recorder {
+        fn scripted(f: impl Fn(&str, usize) -> Action + Send + Sync + 'static) -> Self {
+            Recorder { got: Arc::default(), seen: Arc::default(), script: Arc::new(f) }
+        }
+
+        fn got(&self) -> Vec<(String, String)> {
+            self.got.lock().unwrap().clone()
+        }
+    }
 
     #[async_trait::async_trait]
     impl Events for Recorder {
         async fn forward(&self, _ctx: &ttrpc::asynchronous::TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
             let env = req.envelope.into_option().unwrap();
+            let v = &env.event.value;
             let id = match env.topic.as_str() {
-                "/tasks/start" => TaskStart::parse_from_bytes(&env.event.value).unwrap().container_id,
-                "/tasks/exit" => TaskExit::parse_from_bytes(&env.event.value).unwrap().container_id,
-                "/tasks/oom" => TaskOOM::parse_from_bytes(&env.event.value).unwrap().container_id,
-                "/tasks/delete" => TaskDelete::parse_from_bytes(&env.event.value).unwrap().container_id,
+                "/tasks/start" => TaskStart::parse_from_bytes(v).unwrap().container_id,
+                "/tasks/exit" => TaskExit::parse_from_bytes(v).unwrap().container_id,
+                "/tasks/oom" => TaskOOM::parse_from_bytes(v).unwrap().container_id,
+                "/tasks/delete" => TaskDelete::parse_from_bytes(v).unwrap().container_id,
+                "/tasks/exec-added" => TaskExecAdded::parse_from_bytes(v).unwrap().container_id,
+                "/tasks/exec-started" => TaskExecStarted::parse_from_bytes(v).unwrap().container_id,
+                "/tasks/paused" => TaskPaused::parse_from_bytes(v).unwrap().container_id,
                 t => t.to_owned(),
             };
-            self.0.lock().unwrap().push((env.topic, id));
+            let n = {
+                let mut seen = self.seen.lock().unwrap();
+                let n = seen.entry(env.topic.clone()).or_default();
+                *n += 1;
+                *n - 1
+            };
+            match (self.script)(&env.topic, n) {
+                Action::Accept => self.got.lock().unwrap().push((env.topic, id)),
+                Action::Reject(code) => return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(code, "refused"))),
+                Action::Slow(d) => {
+                    self.got.lock().unwrap().push((env.topic, id));
+                    tokio::time::sleep(d).await;
+                }
+            }
             Ok(Empty::new())
         }
     }
@@ -315,57 +543,69 @@ mod tests {
         server
     }
 
-    fn publisher(path: &std::path::Path, limits: QueueLimits) -> (Publisher, JoinHandle<()>) {
-        Publisher::start(PublisherConfig { ttrpc_address: path.display().to_string(), namespace: "ns".into(), limits })
+    fn publisher_with(
+        path: &std::path::Path,
+        limits: QueueLimits,
+        timeouts: ForwardTimeouts,
+    ) -> (Publisher, JoinHandle<()>) {
+        Publisher::start(PublisherConfig {
+            ttrpc_address: path.display().to_string(),
+            namespace: "ns".into(),
+            limits,
+            timeouts,
+        })
     }
 
-    /// containerd away: above the event ceiling starts are dropped, exits, OOMs and deletes
-    /// never; once containerd is back, what was kept arrives in order.
+    fn publisher(path: &std::path::Path, limits: QueueLimits) -> (Publisher, JoinHandle<()>) {
+        publisher_with(path, limits, ForwardTimeouts::default())
+    }
+
+    fn owned(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(t, i)| ((*t).to_owned(), (*i).to_owned())).collect()
+    }
+
+    /// containerd away and the queue over its ceiling: events a later event depends on
+    /// (create, start, exec-added, exec-started) and exits, OOMs and deletes are all kept;
+    /// only paused/resumed notifications are dropped. Once containerd is back, everything kept
+    /// arrives in order. (Before: starts were dropped, so TaskExit came without its TaskStart.)
     #[tokio::test]
-    async fn over_the_event_ceiling_only_non_exit_events_are_dropped() {
+    async fn over_the_ceiling_no_event_a_later_one_depends_on_is_dropped() {
         let path = socket("events");
         let (p, task) = publisher(&path, QueueLimits { max_events: 4, max_bytes: 1 << 20 });
-        let mut sent = Vec::new();
-        for i in 0..10 {
+        let mut kept = Vec::new();
+        let mut dropped = 0;
+        for i in 0..6 {
             let id = format!("c{i}");
             p.publish(start(&id));
-            sent.push(("/tasks/start", id.clone()));
-            if i % 3 == 0 {
-                p.publish(exit(&id));
-                sent.push(("/tasks/exit", id.clone()));
-                let mut oom = TaskOOM::new();
-                oom.container_id = id.clone();
-                p.publish(Event::Oom(oom));
-                sent.push(("/tasks/oom", id.clone()));
-                let mut del = TaskDelete::new();
-                del.container_id = id.clone();
-                p.publish(Event::Delete(del));
-                sent.push(("/tasks/delete", id));
+            kept.push(("/tasks/start".to_owned(), id.clone()));
+            let mut added = TaskExecAdded::new();
+            added.container_id = id.clone();
+            p.publish(Event::ExecAdded(added));
+            kept.push(("/tasks/exec-added".to_owned(), id.clone()));
+            let mut started = TaskExecStarted::new();
+            started.container_id = id.clone();
+            p.publish(Event::ExecStarted(started));
+            kept.push(("/tasks/exec-started".to_owned(), id.clone()));
+            let mut paused = TaskPaused::new();
+            paused.container_id = id.clone();
+            p.publish(Event::Paused(paused));
+            if i == 0 {
+                kept.push(("/tasks/paused".to_owned(), id.clone()));
+            } else {
+                dropped += 1;
             }
+            p.publish(exit(&id));
+            kept.push(("/tasks/exit".to_owned(), id.clone()));
         }
         let stats = p.stats();
-        // Queue order: start c0, exit/oom/delete c0 (4 = ceiling), start c1 dropped, start c2
-        // dropped, start c3 dropped, exit/oom/delete c3 kept, ...
-        let kept: Vec<(&str, String)> = sent
-            .iter()
-            .enumerate()
-            .filter(|(n, (t, _))| *n == 0 || *t != "/tasks/start")
-            .map(|(_, e)| e.clone())
-            .collect();
-        assert_eq!(stats.queued_events, kept.len());
-        assert_eq!(stats.dropped, u64::try_from(sent.len() - kept.len()).unwrap());
-        assert!(stats.queued_bytes > 0);
+        assert_eq!((stats.queued_events, stats.dropped), (kept.len(), dropped));
+        assert!(p.over_ceiling(), "new work is refused at the ceiling");
         let recorder = Recorder::default();
         let mut server = serve(&path, &recorder).await;
         assert!(p.flush(Duration::from_secs(20)).await);
-        let got = recorder.0.lock().unwrap().clone();
-        let want: Vec<(String, String)> = kept.iter().map(|(t, i)| ((*t).to_owned(), i.clone())).collect();
-        assert_eq!(got, want);
-        assert_eq!(p.stats(), QueueStats { queued_events: 0, queued_bytes: 0, dropped: stats.dropped });
-        // Under the ceiling again: a start is queued and delivered.
-        p.publish(start("again"));
-        assert!(p.flush(Duration::from_secs(20)).await);
-        assert_eq!(recorder.0.lock().unwrap().last().unwrap(), &("/tasks/start".to_owned(), "again".to_owned()));
+        assert_eq!(recorder.got(), kept);
+        assert_eq!(p.stats().queued_events, 0);
+        assert!(!p.over_ceiling());
         server.shutdown().await.unwrap();
         drop(p);
         task.abort();
@@ -374,7 +614,7 @@ mod tests {
 
     /// The byte ceiling works the same way.
     #[tokio::test]
-    async fn over_the_byte_ceiling_starts_are_dropped_exits_kept() {
+    async fn over_the_byte_ceiling_paused_is_dropped_lifecycle_kept() {
         let path = socket("bytes");
         let (p, task) = publisher(&path, QueueLimits { max_events: usize::MAX, max_bytes: 300 });
         let long = "x".repeat(100);
@@ -382,15 +622,120 @@ mod tests {
             p.publish(start(&long));
         }
         let s = p.stats();
-        assert!(s.queued_bytes <= 300 && s.queued_events >= 1 && s.dropped >= 1, "{s:?}");
-        assert_eq!(s.queued_events + usize::try_from(s.dropped).unwrap(), 5);
-        for _ in 0..5 {
-            p.publish(exit(&long));
-        }
-        let s2 = p.stats();
-        assert_eq!((s2.queued_events, s2.dropped), (s.queued_events + 5, s.dropped));
-        assert!(s2.queued_bytes > 300);
+        assert_eq!((s.queued_events, s.dropped), (5, 0), "{s:?}");
+        assert!(s.queued_bytes > 300);
+        let mut paused = TaskPaused::new();
+        paused.container_id = long.clone();
+        p.publish(Event::Paused(paused));
+        assert_eq!(p.stats().dropped, 1);
         drop(p);
         task.abort();
+    }
+
+    /// containerd refuses an event for good (InvalidArgument; NotFound, e.g. of the namespace):
+    /// it is logged and skipped, the events behind it are delivered. A transient refusal
+    /// (Unavailable) is retried in place. (Before: the refused event was retried at the head
+    /// forever and nothing behind it was delivered.)
+    #[tokio::test]
+    async fn a_permanently_rejected_event_is_skipped_a_transient_one_retried() {
+        let path = socket("reject");
+        let recorder = Recorder::scripted(|topic, n| match (topic, n) {
+            ("/tasks/oom", _) => Action::Reject(ttrpc::Code::INVALID_ARGUMENT),
+            ("/tasks/delete", _) => Action::Reject(ttrpc::Code::NOT_FOUND),
+            ("/tasks/exit", 0 | 1) => Action::Reject(ttrpc::Code::UNAVAILABLE),
+            _ => Action::Accept,
+        });
+        let mut server = serve(&path, &recorder).await;
+        let (p, task) = publisher(&path, QueueLimits::default());
+        p.publish(start("a"));
+        let mut oom = TaskOOM::new();
+        oom.container_id = "a".into();
+        p.publish(Event::Oom(oom));
+        p.publish(exit("a"));
+        let mut del = TaskDelete::new();
+        del.container_id = "a".into();
+        p.publish(Event::Delete(del));
+        p.publish(start("b"));
+        assert!(p.flush(Duration::from_secs(20)).await, "queue stuck behind a refused event");
+        assert_eq!(recorder.got(), owned(&[("/tasks/start", "a"), ("/tasks/exit", "a"), ("/tasks/start", "b")]));
+        assert_eq!(p.stats().queued_events, 0);
+        server.shutdown().await.unwrap();
+        drop(p);
+        task.abort();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// containerd accepted an event but answers after the Forward timeout: the publisher waits
+    /// for that answer on the same connection instead of re-sending, so containerd gets no
+    /// duplicate TaskExit and nothing overtakes it. (Before: the exit was re-sent on a new
+    /// connection, recorded twice, and the delete could land before the late original.)
+    #[tokio::test]
+    async fn a_slow_forward_is_waited_for_not_sent_twice() {
+        let path = socket("slow");
+        let recorder = Recorder::scripted(|topic, n| match (topic, n) {
+            ("/tasks/exit", 0) => Action::Slow(Duration::from_millis(1500)),
+            _ => Action::Accept,
+        });
+        let mut server = serve(&path, &recorder).await;
+        let timeouts = ForwardTimeouts { answer: Duration::from_millis(200), abandon: Duration::from_secs(30) };
+        let (p, task) = publisher_with(&path, QueueLimits::default(), timeouts);
+        p.publish(start("a"));
+        p.publish(exit("a"));
+        let mut del = TaskDelete::new();
+        del.container_id = "a".into();
+        p.publish(Event::Delete(del));
+        assert!(p.flush(Duration::from_secs(20)).await);
+        // Let a late duplicate land, if one was sent.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert_eq!(recorder.got(), owned(&[("/tasks/start", "a"), ("/tasks/exit", "a"), ("/tasks/delete", "a")]));
+        server.shutdown().await.unwrap();
+        drop(p);
+        task.abort();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// The exit path with containerd gone (no socket): `drain` returns as soon as a connection
+    /// attempt finds nothing, not after its bound, and reports what is left.
+    #[tokio::test]
+    async fn drain_stops_once_containerd_is_known_gone() {
+        let path = socket("gone");
+        let _ = std::fs::remove_file(&path);
+        let (p, task) = publisher(&path, QueueLimits::default());
+        p.publish(start("a"));
+        p.publish(exit("a"));
+        let report = p.drain(Duration::from_secs(600)).await;
+        assert_eq!(report, DrainReport { delivered: 0, undelivered: 2, containerd_gone: true });
+        drop(p);
+        task.abort();
+    }
+
+    /// No events address at all (TTRPC_ADDRESS unset): nobody will ever take the events.
+    #[tokio::test]
+    async fn drain_without_an_address_does_not_wait() {
+        let (p, task) = publisher(std::path::Path::new(""), QueueLimits::default());
+        p.publish(exit("a"));
+        let report = p.drain(Duration::from_secs(600)).await;
+        assert_eq!(report, DrainReport { delivered: 0, undelivered: 1, containerd_gone: true });
+        drop(p);
+        task.abort();
+    }
+
+    /// With containerd there, `drain` returns once everything is delivered, with the count.
+    #[tokio::test]
+    async fn drain_delivers_everything_queued() {
+        let path = socket("drain");
+        let recorder = Recorder::scripted(|_, _| Action::Slow(Duration::from_millis(50)));
+        let mut server = serve(&path, &recorder).await;
+        let (p, task) = publisher(&path, QueueLimits::default());
+        for i in 0..10 {
+            p.publish(start(&format!("c{i}")));
+        }
+        let report = p.drain(Duration::from_secs(60)).await;
+        assert_eq!(report, DrainReport { delivered: 10, undelivered: 0, containerd_gone: false });
+        assert_eq!(recorder.got().len(), 10);
+        server.shutdown().await.unwrap();
+        drop(p);
+        task.abort();
+        let _ = std::fs::remove_file(&path);
     }
 }

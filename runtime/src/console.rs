@@ -1,9 +1,13 @@
 //! Terminal mode: the console socket runc sends the pty master to, and the copies between the
 //! master and containerd's fifos (SPEC §5.2).
 //!
-//! - [`ConsoleSocket`] is a listening unix socket in a private temp dir, passed to runc as
+//! - [`ConsoleSocket`] is a listening unix socket in a private dir, passed to runc as
 //!   `--console-socket`; runc connects and sends the master with `SCM_RIGHTS`. The dir is removed
-//!   when the socket is dropped.
+//!   when the socket is dropped. It is made (mode 0700 from the start, failing if the name
+//!   exists) in the shim's own socket dir, which only root can write ([`set_private_base`]);
+//!   where that dir is not private, under the temp dir with an unguessable name. Never a
+//!   predictable name in a world-writable dir (the Go shim's `/tmp/pty<n>`, which any local user
+//!   can create first).
 //! - The master is shared (`Arc<AsyncFd>`) by the output copy, the input copy and ResizePty; the
 //!   fd closes when the last of them is gone, so Delete leaves no pty fd behind.
 //! - Output: master → stdout fifo until EIO (every slave closed). When the process exits, what
@@ -31,6 +35,60 @@ pub const CONSOLE_RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const BUFFER: usize = 32 * 1024;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
+static BASE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes console socket dirs under `dir` (the shim's socket dir) if it is private: owned by us
+/// and writable by nobody else. Call once at startup; later calls are ignored.
+pub fn set_private_base(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0 => {
+            let _ = BASE.set(dir.to_owned());
+        }
+        Ok(_) => {
+            tracing::info!(dir = %dir.display(), "socket dir is not private: console sockets go under the temp dir")
+        }
+        Err(e) => {
+            tracing::info!(dir = %dir.display(), error = %e, "socket dir unreadable: console sockets go under the temp dir")
+        }
+    }
+}
+
+/// Creates `dir` with mode 0700, failing if anything exists at that path (mkdir never follows
+/// or reuses an existing entry).
+fn make_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+/// 64 unguessable bits, for names in a dir others can write.
+fn random_suffix() -> io::Result<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(u64::from_ne_bytes(b))
+}
+
+/// A new private dir for one console socket.
+fn private_dir() -> io::Result<PathBuf> {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    if let Some(base) = BASE.get() {
+        let dir = base.join(format!("pty{pid}-{n}"));
+        match make_private_dir(&dir) {
+            // Only root writes the base: a leftover of a killed shim that had our pid.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::remove_dir_all(&dir)?;
+                make_private_dir(&dir)?;
+            }
+            r => r?,
+        }
+        return Ok(dir);
+    }
+    let dir = std::env::temp_dir().join(format!("shim-pty{pid}-{n}-{:016x}", random_suffix()?));
+    make_private_dir(&dir)?;
+    Ok(dir)
+}
 
 /// The pty master, shared by the copies and ResizePty.
 pub type Pty = Arc<AsyncFd<OwnedFd>>;
@@ -44,14 +102,10 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    /// Binds a new socket under `$XDG_RUNTIME_DIR` (or `/tmp`), in a mode-0700 dir.
+    /// Binds a new socket in a new private dir (see the module docs).
     pub fn new() -> io::Result<ConsoleSocket> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!("pty{}-{n}", std::process::id()));
-        std::fs::create_dir(&dir)?;
+        let dir = private_dir()?;
         let mut sock = ConsoleSocket { path: dir.join("pty.sock"), dir, listener: None };
-        std::fs::set_permissions(&sock.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         sock.listener = Some(StdUnixListener::bind(&sock.path)?);
         Ok(sock)
     }

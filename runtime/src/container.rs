@@ -828,8 +828,7 @@ impl Actor {
                             let sig = nix::sys::signal::Signal::try_from(i32::try_from(signal).unwrap_or(-1)).map_err(
                                 |_| RuntimeError::InvalidArgument { field: "signal", reason: signal.to_string() },
                             )?;
-                            let pid = nix::unistd::Pid::from_raw(i32::try_from(p.pid).unwrap_or(0));
-                            nix::sys::signal::kill(pid, sig).map_err(|errno| match errno {
+                            crate::sys::signal_pid(p.pid, Some(sig)).map_err(|errno| match errno {
                                 nix::errno::Errno::ESRCH => RuntimeError::ProcessFinished,
                                 other => RuntimeError::Sys { what: format!("kill {}", p.pid), source: other.into() },
                             })
@@ -1026,7 +1025,8 @@ async fn teardown(
         }
     }
     if rootfs_mounted {
-        crate::mount::unmount_all(&bundle.join("rootfs"))
+        crate::mount::unmount_all_off_loop(&bundle.join("rootfs"))
+            .await
             .map_err(|e| RuntimeError::Sys { what: "unmount rootfs".into(), source: e })?;
     }
     Ok(())

@@ -84,7 +84,7 @@ impl Rollback<'_> {
             }
         }
         if let Some(rootfs) = self.rootfs {
-            if let Err(e) = mount::unmount_all(&rootfs) {
+            if let Err(e) = mount::unmount_all_off_loop(&rootfs).await {
                 tracing::warn!(path = %rootfs.display(), error = %e, "rollback: unmount failed");
             }
         }
@@ -143,7 +143,7 @@ async fn create(
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs)
             .map_err(|e| RuntimeError::Sys { what: format!("mkdir {}", rootfs.display()), source: e })?;
-        mount::mount_all(&params.rootfs, &rootfs)?;
+        mount::mount_all_off_loop(&params.rootfs, &rootfs).await?;
         rollback.rootfs = Some(rootfs);
     }
 

@@ -200,7 +200,7 @@ impl ProcessIo {
             // arrives, and stderr (merged into the terminal) is closed at once.
             let logged = match target {
                 Target::Fifo(_) => None,
-                Target::File(path) => Some(Self::to_file(&path, uid, gid)?),
+                Target::File(path) => Some(Self::to_file(&path, uid, gid).await?),
                 Target::Binary(program, args) => Some(Self::to_binary(&program, &args, uid, gid, ctx).await?),
             };
             let logged = match logged {
@@ -214,7 +214,7 @@ impl ProcessIo {
         let (io, rt) = match target {
             Target::Fifo(_) => Self::pipes(cfg, uid, gid).await?,
             Target::File(path) => {
-                let (mut io, mut rt) = Self::to_file(&path, uid, gid)?;
+                let (mut io, mut rt) = Self::to_file(&path, uid, gid).await?;
                 Self::stdin_pipe(&mut io, &mut rt, cfg, uid, gid)?;
                 (io, rt)
             }
@@ -229,13 +229,14 @@ impl ProcessIo {
 
     /// `file://`: both streams appended to one file (stdout and stderr only; stdin is the
     /// caller's, which differs between pipe and terminal mode).
-    fn to_file(path: &Path, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
+    /// The file is opened on the blocking pool (a slow or remote filesystem).
+    async fn to_file(path: &Path, uid: u32, gid: u32) -> Result<(ProcessIo, RuntimeStdio), IoError> {
         let shown = path.display().to_string();
-        let file = logger::open_file(path).map_err(|e| IoError::Open {
-            what: "open log file",
-            path: shown.clone(),
-            source: e,
-        })?;
+        let owned = path.to_owned();
+        let opened = tokio::task::spawn_blocking(move || logger::open_file(&owned))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        let file = opened.map_err(|e| IoError::Open { what: "open log file", path: shown.clone(), source: e })?;
         let file = Arc::new(file);
         let mut io = ProcessIo::default();
         let mut rt = RuntimeStdio::default();

@@ -105,7 +105,9 @@ pub fn open_file(path: &Path) -> io::Result<std::fs::File> {
     std::fs::OpenOptions::new().append(true).create(true).mode(0o644).open(path)
 }
 
-/// Copies a pipe into a shared log file until EOF.
+/// Copies a pipe into a shared log file until EOF. Each write runs on the blocking pool: a
+/// log file on a slow (or network, or full) filesystem blocks in `write(2)`, which must not
+/// stall the event loop.
 pub async fn copy_to_file(fd: OwnedFd, file: std::sync::Arc<std::fs::File>) {
     let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
     let mut buf = vec![0u8; 32 * 1024];
@@ -113,9 +115,15 @@ pub async fn copy_to_file(fd: OwnedFd, file: std::sync::Arc<std::fs::File>) {
         match rx.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                // Regular-file appends go to the page cache; a short synchronous write is fine.
-                if (&*file).write_all(&buf[..n]).is_err() {
-                    return;
+                let f = std::sync::Arc::clone(&file);
+                let written = tokio::task::spawn_blocking(move || {
+                    let r = (&*f).write_all(&buf[..n]);
+                    (buf, r)
+                })
+                .await;
+                match written {
+                    Ok((b, Ok(()))) => buf = b,
+                    Ok((_, Err(_))) | Err(_) => return,
                 }
             }
         }
@@ -126,7 +134,8 @@ pub async fn copy_to_file(fd: OwnedFd, file: std::sync::Arc<std::fs::File>) {
 #[derive(Debug)]
 pub struct BinaryLogger {
     pid: u32,
-    exit: oneshot::Receiver<ExitInfo>,
+    /// Its exit; `None` once received: the pid is reaped and may be another process's now.
+    exit: Option<oneshot::Receiver<ExitInfo>>,
 }
 
 impl BinaryLogger {
@@ -154,7 +163,7 @@ impl BinaryLogger {
         // Drops our copies of the pipe ends the logger now holds.
         drop(cmd);
         let (pid, exit) = spawned?;
-        let mut logger = BinaryLogger { pid, exit };
+        let mut logger = BinaryLogger { pid, exit: Some(exit) };
         let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)?;
         let mut byte = [0u8; 1];
         match tokio::time::timeout(LOGGER_READY_TIMEOUT, ready.read(&mut byte)).await {
@@ -170,31 +179,58 @@ impl BinaryLogger {
         }
     }
 
-    fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(0))
+    /// The pid to signal if the logger may still be running; `None` once its exit was received
+    /// (the pid is reaped and may belong to another process by now), and `None` when the
+    /// reaper is gone without delivering it (whether the pid is still ours is unknown).
+    pub fn live_pid(&mut self) -> Option<u32> {
+        let rx = self.exit.as_mut()?;
+        match rx.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => Some(self.pid),
+            Ok(_) | Err(oneshot::error::TryRecvError::Closed) => {
+                self.exit = None;
+                None
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the exit; true once it was received (or cannot be anymore).
+    async fn exited_within(&mut self, limit: Duration) -> bool {
+        let Some(rx) = self.exit.as_mut() else { return true };
+        match tokio::time::timeout(limit, rx).await {
+            Ok(_) => {
+                self.exit = None;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Signals the logger if it has not been reaped. The exit is routed on this thread by the
+    /// reaper, so between `live_pid` and `kill` the pid cannot be reaped and reused.
+    fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.live_pid() {
+            let _ = sys::signal_pid(pid, Some(sig));
+        }
     }
 
     /// Waits up to `limit` for the logger to exit by itself, then SIGTERM, then SIGKILL.
     pub async fn stop(&mut self, limit: Duration) {
-        if tokio::time::timeout(limit, &mut self.exit).await.is_ok() {
+        if self.exited_within(limit).await {
             return;
         }
-        let pid = self.pid();
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        if tokio::time::timeout(LOGGER_TERM_GRACE, &mut self.exit).await.is_ok() {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        if self.exited_within(LOGGER_TERM_GRACE).await {
             return;
         }
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = tokio::time::timeout(LOGGER_TERM_GRACE, &mut self.exit).await;
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.exited_within(LOGGER_TERM_GRACE).await;
     }
 }
 
 impl Drop for BinaryLogger {
     fn drop(&mut self) {
         // Not stopped through `stop` (a failed setup, the shim tearing down): do not leave it.
-        if self.exit.try_recv().is_err() {
-            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
-        }
+        self.signal(nix::sys::signal::Signal::SIGKILL);
     }
 }
 

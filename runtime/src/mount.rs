@@ -155,6 +155,29 @@ pub fn unmount_all(target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// [`mount_all`] on the blocking pool: mounting (an overlay's lowerdir lookup, a slow backing
+/// filesystem) must not hold up the event loop (reaping, RPCs, events).
+pub async fn mount_all_off_loop(mounts: &[MountSpec], target: &Path) -> Result<(), MountError> {
+    let (mounts, owned) = (mounts.to_vec(), target.to_owned());
+    tokio::task::spawn_blocking(move || mount_all(&mounts, &owned)).await.unwrap_or_else(|e| {
+        Err(MountError {
+            kind: String::new(),
+            source_path: String::new(),
+            target: target.display().to_string(),
+            source: io::Error::other(e.to_string()),
+        })
+    })
+}
+
+/// [`unmount_all`] on the blocking pool: an overlay unmount syncs its upper filesystem, which
+/// can take seconds under IO pressure.
+pub async fn unmount_all_off_loop(target: &Path) -> io::Result<()> {
+    let owned = target.to_owned();
+    tokio::task::spawn_blocking(move || unmount_all(&owned))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,14 @@
 //! Every invocation is spawned through the [`Reaper`] (registered under the spawn lock) and
 //! awaited on its routed exit; nothing here calls `wait`. runc's own error text goes to
 //! `--log <bundle>/log.json` (its stdio may be the container's), and is turned into a typed
-//! [`OciError`] by the one classifier, [`classify`].
+//! [`OciError`] by the one classifier, [`classify`]. Only the tail of that log is read
+//! ([`LOG_TAIL_BYTES`], off the event loop): it grows for the container's lifetime.
+//!
+//! Every call runs in its own process group and has a time limit ([`call_timeout`]: 5 minutes,
+//! `SHIM_RUNC_TIMEOUT` seconds in the shim's environment, 0 for none). A call over the limit
+//! is SIGKILLed with its whole group (`runc init` and what it started for this call) and fails
+//! with [`OciError::TimedOut`], so a hung runtime cannot hold a request (or an init's exit
+//! waiting for that request) forever.
 
 use std::ffi::OsString;
 use std::io;
@@ -46,6 +53,14 @@ pub enum OciError {
         op: &'static str,
         /// The runtime's last error message (log.json), or its stderr.
         message: String,
+    },
+    /// The runtime did not return within the limit and was killed.
+    #[error("OCI runtime {op} did not return within {}s and was killed", limit.as_secs())]
+    TimedOut {
+        /// The runtime subcommand.
+        op: &'static str,
+        /// The limit.
+        limit: std::time::Duration,
     },
     /// Local IO around the runtime call (pipes, pid files, output).
     #[error("{what}: {source}")]
@@ -131,6 +146,10 @@ pub struct RestoreOpts {
     pub console_socket: Option<PathBuf>,
 }
 
+/// How long a killed runtime call is waited for (SIGKILL: it is reaped at once unless stuck
+/// in the kernel).
+const KILLED_REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One OCI runtime configuration (binary, state root, cgroup driver).
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -140,9 +159,50 @@ pub struct Runtime {
     reaper: Reaper,
 }
 
-/// Reads the last `"level":"error"` message from a runtime JSON log.
+/// How much of the end of a runtime JSON log is read for the error of a failed call.
+pub const LOG_TAIL_BYTES: u64 = 64 << 10;
+/// Default limit of one runtime call.
+pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// The environment variable that sets the limit (seconds; 0: none).
+pub const CALL_TIMEOUT_ENV: &str = "SHIM_RUNC_TIMEOUT";
+
+/// The limit of one runtime call: [`CALL_TIMEOUT_ENV`] if set and valid, else
+/// [`DEFAULT_CALL_TIMEOUT`]. Read once per process.
+pub fn call_timeout() -> Option<std::time::Duration> {
+    static LIMIT: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| match std::env::var(CALL_TIMEOUT_ENV) {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(0) => None,
+            Ok(s) => Some(std::time::Duration::from_secs(s)),
+            Err(_) => {
+                tracing::warn!(value = %v, "{CALL_TIMEOUT_ENV} is not a number of seconds; using the default");
+                Some(DEFAULT_CALL_TIMEOUT)
+            }
+        },
+        Err(_) => Some(DEFAULT_CALL_TIMEOUT),
+    })
+}
+
+/// The last [`LOG_TAIL_BYTES`] of a file, from its first whole line.
+fn read_tail(path: &Path) -> io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(LOG_TAIL_BYTES);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.take(LOG_TAIL_BYTES).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(match (start > 0, text.find('\n')) {
+        // Cut inside a line: drop the partial first line.
+        (true, Some(i)) => text[i + 1..].to_owned(),
+        _ => text.into_owned(),
+    })
+}
+
+/// Reads the last `"level":"error"` message from a runtime JSON log (its tail only).
 fn last_log_error(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
+    let text = read_tail(log).ok()?;
     text.lines().rev().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
         if v.get("level")?.as_str()? == "error" {
@@ -176,6 +236,7 @@ impl Runtime {
     }
 
     fn command(&self, log: Option<&Path>) -> Command {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);
         if let Some(log) = log {
@@ -185,6 +246,9 @@ impl Runtime {
             cmd.arg("--systemd-cgroup");
         }
         cmd.env_remove("NOTIFY_SOCKET");
+        // Its own process group, so a call over the time limit is killed with what it started
+        // (posix_spawn supports this: no pre-exec hook needed).
+        cmd.process_group(0);
         // No pre-exec hook (the Go shim sets Pdeathsig): without one, std spawns with
         // posix_spawn, i.e. vfork, instead of copying the shim's page tables per runc call. A
         // runc left running by a dying shim finishes its one command and exits; the container's
@@ -238,33 +302,72 @@ impl Runtime {
             _ => OciError::Spawn { binary: self.binary.clone(), source: e },
         })?;
         tracing::debug!(op, pid, "runtime spawned");
-        if let Some((fd, data)) = stdin_writer {
-            let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
-                .map_err(|e| OciError::Io { what: "runtime stdin".into(), source: e })?;
-            use tokio::io::AsyncWriteExt;
-            tx.write_all(&data).await.map_err(|e| OciError::Io { what: "runtime stdin".into(), source: e })?;
-        }
-        let (stdout, stderr) = match captured {
-            Some((out, err)) => {
-                let (o, e) = tokio::join!(read_all(out), read_all(err));
-                (o.unwrap_or_default(), e.unwrap_or_default())
+        let mut exit_rx = exit_rx;
+        let finished = async {
+            if let Some((fd, data)) = stdin_writer {
+                let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+                    .map_err(|e| OciError::Io { what: "runtime stdin".into(), source: e })?;
+                use tokio::io::AsyncWriteExt;
+                tx.write_all(&data).await.map_err(|e| OciError::Io { what: "runtime stdin".into(), source: e })?;
             }
-            None => (Vec::new(), Vec::new()),
+            let (stdout, stderr) = match captured {
+                Some((out, err)) => {
+                    let (o, e) = tokio::join!(read_all(out), read_all(err));
+                    (o.unwrap_or_default(), e.unwrap_or_default())
+                }
+                None => (Vec::new(), Vec::new()),
+            };
+            let exit = (&mut exit_rx)
+                .await
+                .map_err(|_| OciError::Io { what: format!("{op}: exit lost"), source: io::ErrorKind::Other.into() })?;
+            Ok::<_, OciError>((exit, stdout, stderr))
         };
-        let exit = exit_rx
-            .await
-            .map_err(|_| OciError::Io { what: format!("{op}: exit lost"), source: io::ErrorKind::Other.into() })?;
+        let (exit, stdout, stderr) = match call_timeout() {
+            None => finished.await?,
+            Some(limit) => match tokio::time::timeout(limit, finished).await {
+                Ok(r) => r?,
+                Err(_) => return Err(self.kill_timed_out(op, pid, limit, exit_rx).await),
+            },
+        };
         if exit.status == 0 {
             return Ok(stdout);
         }
-        let message = log
-            .and_then(last_log_error)
+        let tail = match log {
+            Some(log) => {
+                let log = log.to_owned();
+                tokio::task::spawn_blocking(move || last_log_error(&log)).await.ok().flatten()
+            }
+            None => None,
+        };
+        let message = tail
             .or_else(|| {
                 let s = String::from_utf8_lossy(&stderr).trim().to_owned();
                 (!s.is_empty()).then_some(s)
             })
             .unwrap_or_else(|| format!("exit status {}", exit.status));
         Err(classify(op, &message))
+    }
+
+    /// Kills a runtime call over its limit with its process group and reaps it.
+    async fn kill_timed_out(
+        &self,
+        op: &'static str,
+        pid: u32,
+        limit: std::time::Duration,
+        mut exit_rx: tokio::sync::oneshot::Receiver<shim_events::ExitInfo>,
+    ) -> OciError {
+        // The reaper routes exits on this thread: no exit received yet means not reaped yet, so
+        // the group id is still this call's.
+        if matches!(exit_rx.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty)) {
+            tracing::error!(op, pid, limit_s = limit.as_secs(), "runtime call over its time limit: killing it");
+            if let Err(e) = crate::sys::kill_process_group(pid) {
+                tracing::warn!(op, pid, errno = %e, "kill runtime process group");
+            }
+            if tokio::time::timeout(KILLED_REAP_WAIT, exit_rx).await.is_err() {
+                tracing::warn!(op, pid, "killed runtime call not reaped yet");
+            }
+        }
+        OciError::TimedOut { op, limit }
     }
 
     /// `runc create`. The init's pid is in `pid_file` afterwards.
@@ -532,6 +635,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(last_log_error(&log).as_deref(), Some("second"));
+        // Longer than the tail: only whole lines of the tail are read.
+        let filler = "{\"level\":\"error\",\"msg\":\"old\"}\n".repeat(10_000);
+        std::fs::write(&log, format!("{filler}{{\"level\":\"error\",\"msg\":\"new\"}}\n")).unwrap();
+        assert_eq!(last_log_error(&log).as_deref(), Some("new"));
+        let tail = read_tail(&log).unwrap();
+        assert!(tail.len() as u64 <= LOG_TAIL_BYTES && tail.starts_with('{'), "{}", &tail[..40]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

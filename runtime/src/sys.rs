@@ -29,6 +29,48 @@ pub fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sends `signal` (`None`: only check that the process exists) to the one process `pid`.
+///
+/// A pid that names no single process (0, or one that does not fit `pid_t`, which `kill(2)`
+/// would read as a process group or "every process") is refused with `ESRCH`: the caller
+/// holds no such process. Callers must only pass pids they have not reaped yet.
+pub fn signal_pid(pid: u32, signal: Option<nix::sys::signal::Signal>) -> nix::Result<()> {
+    match i32::try_from(pid) {
+        Ok(p) if p > 0 => nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), signal),
+        _ => Err(nix::errno::Errno::ESRCH),
+    }
+}
+
+/// Marks every open fd numbered `first` or above close-on-exec: what the daemon inherited
+/// (the listener on fd 3, anything containerd or a test harness left open), so that no child
+/// (runc, a logging binary) inherits it. Fds this process opens itself are close-on-exec
+/// already (std, nix and tokio open everything with `O_CLOEXEC`/`SOCK_CLOEXEC`).
+pub fn cloexec_inherited_fds(first: RawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    // The directory's own fd is among them and closed by now: EBADF, skipped.
+    for fd in fds {
+        if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+            let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
+            fcntl(fd, FcntlArg::F_SETFD(flags)).map_err(io::Error::from)?;
+        }
+    }
+    Ok(())
+}
+
+/// SIGKILLs the process group led by `leader` (a runtime call spawned in its own group). Only
+/// for a leader not reaped yet: while it is unreaped its pid, and so the group id, cannot be
+/// reused.
+pub fn kill_process_group(leader: u32) -> nix::Result<()> {
+    match i32::try_from(leader) {
+        Ok(p) if p > 1 => nix::sys::signal::killpg(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL),
+        _ => Err(nix::errno::Errno::ESRCH),
+    }
+}
+
 /// Makes `fd` the child's fd `target` (close-on-exec cleared), keeping `fd` alive in the
 /// parent until `cmd` is dropped.
 pub fn pass_fd(cmd: &mut Command, fd: OwnedFd, target: RawFd) {

@@ -62,7 +62,13 @@ fn main() -> ExitCode {
         }
         Action::Info => info::print_info(),
         Action::Start => bootstrap::start(&flags),
-        Action::Delete => bootstrap::delete(&flags),
+        Action::Delete => {
+            // `delete` runs runc too: nothing containerd left open may reach it.
+            if let Err(e) = shim_runtime::sys::cloexec_inherited_fds(3) {
+                eprintln!("mark inherited fds close-on-exec: {e}");
+            }
+            bootstrap::delete(&flags)
+        }
         Action::Serve => {
             init_logging(flags.debug);
             server::serve(&flags)

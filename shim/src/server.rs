@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use shim_events::publisher::QueueLimits;
+use shim_events::publisher::{ForwardTimeouts, QueueLimits};
 use shim_events::{Publisher, PublisherConfig};
 use shim_runtime::container::Shared;
 use shim_runtime::reaper::Reaper;
@@ -21,8 +21,15 @@ use crate::cli::Flags;
 use crate::task::{TaskService, SERVICE_NAMES};
 use crate::transport::ServiceFilter;
 
-/// How long the daemon waits for queued events to reach containerd before exiting.
-const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest the daemon stays after Shutdown (or SIGTERM) to deliver queued events. It leaves
+/// earlier once the queue is empty, or once containerd is known gone (its socket refuses).
+const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most threads of the blocking pool. Two: one slow unmount does not hold up a file log.
+const BLOCKING_THREADS: usize = 2;
+/// A blocking-pool thread exits after this long idle, so an idle shim has one thread.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Stack of a blocking-pool thread: they run a syscall or a short read/write, no deep calls.
+const BLOCKING_STACK: usize = 256 << 10;
 
 fn take_listener(flags: &Flags) -> Result<StdUnixListener> {
     if !flags.socket.is_empty() {
@@ -31,22 +38,26 @@ fn take_listener(flags: &Flags) -> Result<StdUnixListener> {
         return StdUnixListener::bind(path).with_context(|| format!("listen on {path}"));
     }
     let fd = sys::adopt_inherited_fd(3).context("no listener on fd 3 (run through `start`)")?;
+    // Inherited without close-on-exec (so `start` could pass it); marked by the caller's
+    // `cloexec_inherited_fds`, so no runtime child keeps the shim's socket connectable.
     Ok(StdUnixListener::from(fd))
 }
 
-/// Accepts connections, refusing peers whose uid differs from ours (SO_PEERCRED), as the Go
-/// shim's `UnixSocketRequireSameUser` handshake does; each accepted connection goes through
-/// [`ServiceFilter`] so unknown services answer `Unimplemented`.
+/// Accepts connections, refusing peers whose uid or gid differs from ours (SO_PEERCRED), as
+/// the Go shim's `UnixSocketRequireSameUser` handshake does; each accepted connection goes
+/// through [`ServiceFilter`] so unknown services answer `Unimplemented`.
 fn same_user_listener(listener: UnixListener) -> ttrpc::asynchronous::transport::Listener {
-    let euid = nix::unistd::geteuid().as_raw();
+    let (euid, egid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
     let stream = futures::stream::unfold(listener, move |listener| async move {
         loop {
             match listener.accept().await {
                 Ok((conn, _)) => match conn.peer_cred() {
-                    Ok(cred) if cred.uid() == euid => {
+                    Ok(cred) if cred.uid() == euid && cred.gid() == egid => {
                         return Some((Ok(ServiceFilter::new(conn, &SERVICE_NAMES)), listener));
                     }
-                    Ok(cred) => tracing::warn!(uid = cred.uid(), "refused connection from another user"),
+                    Ok(cred) => {
+                        tracing::warn!(uid = cred.uid(), gid = cred.gid(), "refused connection from another user")
+                    }
                     Err(e) => tracing::warn!(error = %e, "refused connection without credentials"),
                 },
                 Err(e) => return Some((Err::<ServiceFilter<_>, _>(e), listener)),
@@ -60,9 +71,21 @@ fn same_user_listener(listener: UnixListener) -> ttrpc::asynchronous::transport:
 /// reaper → publisher → server.
 pub fn serve(flags: &Flags) -> Result<()> {
     let listener = take_listener(flags)?;
+    sys::cloexec_inherited_fds(3).context("mark inherited fds close-on-exec")?;
     listener.set_nonblocking(true)?;
     let socket_path: Option<PathBuf> = listener.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Some(dir) = socket_path.as_deref().and_then(std::path::Path::parent) {
+        shim_runtime::console::set_private_base(dir);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // The blocking pool (rootfs mount/umount, file:// log writes, runtime log reads): at most
+        // BLOCKING_THREADS, started on demand, gone after BLOCKING_KEEP_ALIVE idle.
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .thread_stack_size(BLOCKING_STACK)
+        .thread_name("shim-blocking")
+        .build()?;
     rt.block_on(async {
         let reaper = Reaper::new();
         let reap = tokio::spawn(reaper.run().context("install SIGCHLD handler")?);
@@ -70,6 +93,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
             ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
             namespace: flags.namespace.clone(),
             limits: QueueLimits::default(),
+            timeouts: ForwardTimeouts::default(),
         });
         let shared = Shared { reaper, publisher: publisher.clone(), registry: Arc::new(Registry::default()) };
         let shutdown = Arc::new(Notify::new());
@@ -87,12 +111,25 @@ pub fn serve(flags: &Flags) -> Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-        if !publisher.flush(EXIT_FLUSH_TIMEOUT).await {
-            tracing::warn!("exiting with undelivered events");
-        }
+        // No new connections (`start` must not join a shim that is leaving), and no more
+        // requests on the open ones while events still go out. ttrpc's disconnect waits up to
+        // 5 s per connection for its writer, so it runs beside the drain, not before it.
         if let Some(path) = &socket_path {
             let _ = std::fs::remove_file(path);
         }
+        let disconnect = tokio::spawn(async move { server.disconnect().await });
+        let report = publisher.drain(EXIT_FLUSH_TIMEOUT).await;
+        if report.undelivered == 0 {
+            tracing::info!(delivered = report.delivered, "every queued event delivered; exiting");
+        } else {
+            tracing::warn!(
+                delivered = report.delivered,
+                undelivered = report.undelivered,
+                containerd_gone = report.containerd_gone,
+                "exiting with undelivered events"
+            );
+        }
+        disconnect.abort();
         reap.abort();
         publisher_task.abort();
         Ok::<_, anyhow::Error>(())

@@ -20,6 +20,13 @@ pub enum ShimError {
     /// Not implemented by this shim yet.
     #[error("{0} is not implemented")]
     Unimplemented(&'static str),
+    /// The event queue is at its ceiling (containerd is not taking events): new work, whose
+    /// lifecycle events could not be dropped, is refused until it drains.
+    #[error("event queue full ({queued} events undelivered): containerd is not taking events")]
+    EventsBacklog {
+        /// Events queued.
+        queued: usize,
+    },
     /// A request handler panicked (a bug); the caller still gets an answer.
     #[error("{0} failed: internal error")]
     Panicked(String),
@@ -34,6 +41,7 @@ pub fn code(e: &ShimError) -> Code {
         ShimError::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
         ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
         ShimError::Panicked(_) => Code::INTERNAL,
+        ShimError::EventsBacklog { .. } => Code::RESOURCE_EXHAUSTED,
         ShimError::Runtime(r) => match r {
             RuntimeError::ContainerNotFound { .. }
             | RuntimeError::ProcessNotFound { .. }
@@ -49,6 +57,7 @@ pub fn code(e: &ShimError) -> Code {
             RuntimeError::Oci(o) => match o {
                 OciError::ProcessFinished | OciError::ContainerNotFound => Code::NOT_FOUND,
                 OciError::BinaryNotFound { .. } | OciError::Failed { .. } | OciError::Spawn { .. } => Code::UNKNOWN,
+                OciError::TimedOut { .. } => Code::DEADLINE_EXCEEDED,
                 OciError::Io { .. } => Code::INTERNAL,
             },
             RuntimeError::Io(IoError::Unsupported { .. }) => Code::INVALID_ARGUMENT,
@@ -89,10 +98,15 @@ mod tests {
             (rt(RuntimeError::Precondition("p".into())), Code::FAILED_PRECONDITION),
             (rt(RuntimeError::Oci(OciError::ProcessFinished)), Code::NOT_FOUND),
             (rt(RuntimeError::Oci(OciError::BinaryNotFound { binary: "no-runc".into() })), Code::UNKNOWN),
+            (
+                rt(RuntimeError::Oci(OciError::TimedOut { op: "exec", limit: std::time::Duration::from_secs(300) })),
+                Code::DEADLINE_EXCEEDED,
+            ),
             (rt(RuntimeError::Io(IoError::Console(std::io::ErrorKind::TimedOut.into()))), Code::INTERNAL),
             (ShimError::InvalidArgument { field: "f", reason: "r".into() }, Code::INVALID_ARGUMENT),
             (ShimError::Unimplemented("pause"), Code::UNIMPLEMENTED),
             (ShimError::Panicked("State".into()), Code::INTERNAL),
+            (ShimError::EventsBacklog { queued: 65_536 }, Code::RESOURCE_EXHAUSTED),
             (rt(RuntimeError::Cgroup(CgroupError::Deleted { pid: 1 })), Code::NOT_FOUND),
         ];
         for (e, c) in cases {

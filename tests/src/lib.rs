@@ -63,11 +63,15 @@ impl Recorded {
 }
 
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Recorded>>>);
+struct Recorder(Arc<Mutex<Vec<Recorded>>>, Arc<Mutex<Duration>>);
 
 #[async_trait]
 impl Events for Recorder {
     async fn forward(&self, _ctx: &ttrpc::asynchronous::TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
+        let delay = *self.1.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let env = req.envelope.into_option().unwrap_or_default();
         self.0.lock().unwrap().push(Recorded {
             topic: env.topic,
@@ -111,6 +115,12 @@ impl EventServer {
             .register_service(create_events(svc));
         server.start().await.unwrap();
         self.server = Some(server);
+    }
+
+    /// Makes every later Forward take `delay` before it is recorded and answered (a slow
+    /// containerd).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.recorder.1.lock().unwrap() = delay;
     }
 
     /// Everything recorded so far.
@@ -162,6 +172,7 @@ pub struct TestEnv {
     containers: Mutex<Vec<(String, PathBuf)>>,
     faults: Option<String>,
     runtime: Option<PathBuf>,
+    shim_env: Vec<(String, String)>,
 }
 
 impl TestEnv {
@@ -188,6 +199,7 @@ impl TestEnv {
             containers: Mutex::new(Vec::new()),
             faults: None,
             runtime: None,
+            shim_env: Vec::new(),
         }
     }
 
@@ -217,6 +229,12 @@ impl TestEnv {
     /// `hack/crun-private-ns`: Debian's crun, runnable on this cgroup v1 hybrid host.
     pub fn crun_wrapper() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("hack/crun-private-ns")
+    }
+
+    /// Sets an environment variable for shims started from now on (as containerd's own
+    /// environment reaches its shims).
+    pub fn set_shim_env(&mut self, key: &str, value: &str) {
+        self.shim_env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Makes containers created from now on use `binary` as the OCI runtime (BinaryName).
@@ -334,6 +352,7 @@ impl TestEnv {
             ])
             .env("TTRPC_ADDRESS", self.dir.join("events.sock"))
             .env("SHIM_BOOTSTRAP_FORMAT", "plain")
+            .envs(self.shim_env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null());
         cmd
     }

@@ -7,6 +7,9 @@ use shim_runtime::io::StdioConfig;
 
 use crate::status::ShimError;
 
+/// The exec id the init's files use.
+const RESERVED_EXEC_ID: &str = "init";
+
 /// Largest process spec accepted (the ttrpc message limit is 4 MiB).
 const MAX_SPEC_BYTES: usize = 1 << 20;
 
@@ -16,6 +19,10 @@ pub(super) async fn exec(container: ContainerHandle, req: ExecProcessRequest) ->
         return Err(invalid("exec_id", "must not be empty".into()));
     }
     super::check_exec_id(&req.exec_id)?;
+    if req.exec_id == RESERVED_EXEC_ID {
+        // Its pid file would be the init's (`<bundle>/init.pid`, read by `shim delete`).
+        return Err(invalid("exec_id", format!("{RESERVED_EXEC_ID:?} is reserved for the init process")));
+    }
     let spec = req.spec.as_ref().ok_or_else(|| invalid("spec", "missing process spec".into()))?;
     if !spec.type_url.ends_with("opencontainers/runtime-spec/1/Process") {
         return Err(invalid("spec", format!("unexpected type {:?}", spec.type_url)));

@@ -98,6 +98,15 @@ impl TaskService {
         out
     }
 
+    /// Refuses new work while the event queue is at its ceiling (see `shim_events::publisher`).
+    fn check_event_backlog(&self) -> Result<(), ShimError> {
+        let p = &self.shared.publisher;
+        if p.over_ceiling() {
+            return Err(ShimError::EventsBacklog { queued: p.stats().queued_events });
+        }
+        Ok(())
+    }
+
     fn container(&self, id: &str) -> Result<shim_runtime::container::ContainerHandle, ShimError> {
         check_id(id)?;
         Ok(self.shared.registry.get(id)?)
@@ -156,6 +165,7 @@ impl Task for TaskService {
     }
 
     async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
+        self.check_event_backlog()?;
         Ok(create::create(&self.shared, &self.namespace, req).await?)
     }
 
@@ -210,6 +220,7 @@ impl Task for TaskService {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.check_event_backlog()?;
         Ok(exec::exec(self.container(&req.id)?, req).await?)
     }
 
