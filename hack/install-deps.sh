@@ -2,7 +2,7 @@
 # Usage: hack/install-deps.sh
 #
 # Installs (as root) everything the hack/ scripts and tests need:
-#  1. Debian 12 packages through the system's apt: runc, crun, containerd 1.6 (+ctr), busybox-static
+#  1. Debian 12 packages through the system's apt: runc, crun, criu (checkpoint tests), containerd 1.6 (+ctr), busybox-static
 #     (image rootfs), python3 (image builder), iproute2 (ss, ip netns), util-linux (findmnt, setsid,
 #     unshare), procps, protobuf-compiler (the k8s-cri crate's build), containernetworking-plugins
 #     (CNI for CRI pods). Runs `apt-get update` only when something is missing.
@@ -25,7 +25,7 @@ die() {
 	exit 1
 }
 
-PACKAGES=(runc crun containerd busybox-static python3 iproute2 util-linux procps coreutils findutils mawk
+PACKAGES=(runc crun criu containerd busybox-static python3 iproute2 util-linux procps coreutils findutils mawk
 	protobuf-compiler containernetworking-plugins dpkg apt)
 
 missing=()
