@@ -9,7 +9,8 @@
 #   3. SIGKILL the shims this containerd started (cmdline has
 #      `-address DIR/containerd.sock`) and their leftover descendants,
 #      `runc delete --force` any container state left in DIR/runc;
-#   4. unmount everything under DIR (deepest first, lazy as a fallback);
+#   4. unmount everything under DIR (deepest first, lazy as a fallback), which
+#      also ends CRI mode's network namespaces (DIR/netns, pods' under DIR/state);
 #   5. remove the shims' sockets in /run/containerd/s, the cgroups and
 #      /run/containerd dirs that did not exist before containerd-up, and DIR.
 # Safe to run on a partially started DIR and to run twice. Exits non-zero
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 if [[ $# -ne 1 || "$1" == -* ]]; then
-	sed -n '2,16s/^# \{0,1\}//p' "$0" >&2
+	sed -n '2,17s/^# \{0,1\}//p' "$0" >&2
 	exit 2
 fi
 
@@ -218,7 +219,7 @@ runc_cleanup() { # root id
 	rm -rf "${root:?}/${id:?}"
 }
 if [[ -d "$DIR/runc" ]] && command -v runc >/dev/null; then
-	for st in "$DIR"/runc/*/*/state.json; do
+	for st in "$DIR"/runc/*/*/state.json "$DIR"/runc-wrap-root/*/*/state.json; do
 		[[ -e "$st" ]] || continue
 		d=${st%/state.json}
 		runc_cleanup "${d%/*}" "${d##*/}"
@@ -298,6 +299,11 @@ for d in /run/containerd/s /run/containerd/fifo /run/containerd/runc /run/contai
 	existed_before "$d" run-containerd.before && continue
 	rmdir "$d" 2>/dev/null || true
 done
+
+# CRI mode: libcni's cache dir, if this containerd made it, once empty.
+if [[ -f "$DIR/cni.before" && ! -s "$DIR/cni.before" && -d /var/lib/cni ]]; then
+	find /var/lib/cni -depth -type d -empty -delete 2>/dev/null || true
+fi
 
 rc=0
 if [[ -e "$DIR" ]]; then
