@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Usage: hack/cri-setup.sh config DIR CONFIG_VERSION SHIM   (called by containerd-up.sh)
-#        hack/cri-setup.sh images DIR
+# Usage: hack/cri-setup.sh config DIR VERSION SHIM   (called by containerd-up.sh)
+#        hack/cri-setup.sh images DIR CTR
 #
 # The CRI half of a private containerd (hack/containerd-up.sh with CONTAINERD_CRI=1).
 #
-# `config` prepares DIR for the CRI plugin and prints the plugin's TOML for config
-# version 2 (containerd 1.6/1.7) or 3 (2.x) on stdout:
+# `config` prepares DIR for the CRI plugin and prints the plugin's TOML for containerd
+# VERSION (1.6, 1.7: config version 2; 2: config version 3) on stdout:
 #   - everything private: CRI state under DIR/root and DIR/state, runc state in DIR/runc
 #     (runc option Root), pod network namespaces under DIR/state, CNI config in DIR/cni,
 #     host-local IPAM data in DIR/cni/ipam, the stream server on 127.0.0.1 (inside
@@ -29,7 +29,7 @@
 #       bad-path    io.containerd.rsrunc.v2, ConfigPath = DIR/missing.toml (no such file).
 # `images` builds the pause image ($CRI_PAUSE_IMAGE) and the busybox test image
 # (docker.io/library/shimtest:latest) with hack/mkimage.sh and imports both into the
-# k8s.io namespace of the running containerd.
+# k8s.io namespace of the running containerd, with CTR (that version's ctr).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -42,7 +42,8 @@ usage() {
 }
 
 config() {
-	local dir=$1 ver=$2 shim=$3
+	local dir=$1 version=$2 shim=$3 ver=2
+	[[ "$version" == 2 ]] && ver=3
 	local crunwrap="$here/crun-private-ns"
 	mkdir -p "$dir/bin" "$dir/cni/net.d" "$dir/cni/ipam" "$dir/crun"
 	ln -sf "$shim" "$dir/bin/containerd-shim-rsrunc-v2"
@@ -83,7 +84,7 @@ EOF
 EOF
 	# runtime_path exists from 1.7 (1.6.20 parses but ignores it; PATH decides there).
 	local rp=""
-	if [[ "$ver" == 3 ]] || containerd --version | grep -q ' v\?1\.7\.'; then
+	if [[ "$version" != 1.6 ]]; then
 		rp="runtime_path = \"$shim\""
 	fi
 	local P R CRI
@@ -189,13 +190,13 @@ EOF
 }
 
 images() {
-	local dir=$1
+	local dir=$1 ctr=$2
 	local sock="$dir/containerd.sock"
 	"$here/mkimage.sh" "$dir/pause.tar" "$PAUSE" /bin/sh -c \
 		'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done' 2>/dev/null
 	"$here/mkimage.sh" "$dir/image.tar" "$IMAGE" 2>/dev/null
 	for t in pause image; do
-		timeout -k 5 60 ctr -a "$sock" -n k8s.io images import "$dir/$t.tar" >/dev/null
+		timeout -k 5 60 "$ctr" -a "$sock" -n k8s.io images import "$dir/$t.tar" >/dev/null
 	done
 	rm -f "$dir/pause.tar" "$dir/image.tar"
 }
@@ -207,8 +208,8 @@ config)
 	config "$2" "$3" "$4"
 	;;
 images)
-	[[ $# -eq 2 ]] || usage
-	images "$2"
+	[[ $# -eq 3 ]] || usage
+	images "$2" "$3"
 	;;
 *) usage ;;
 esac

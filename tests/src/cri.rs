@@ -65,7 +65,7 @@ pub struct CriContainerd {
     pub dir: PathBuf,
     pub version: Version,
     pub shim: Shim,
-    shim_dir: PathBuf,
+    shim_dir: Option<PathBuf>,
     /// The first-level cgroup (in every hierarchy) under which the pods' cgroup parents live.
     pub cgroup_root: String,
     pub rt: tokio::runtime::Runtime,
@@ -83,9 +83,10 @@ impl CriContainerd {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(tmp.join("logs")).unwrap();
         let dir = tmp.join("c");
+        // No SHIM_DIR: containerd-up uses that version's Go shim.
         let shim_dir = match shim {
-            Shim::Ours => shim_binary().parent().unwrap().to_path_buf(),
-            Shim::Go => version.bindir.clone(),
+            Shim::Ours => Some(shim_binary().parent().unwrap().to_path_buf()),
+            Shim::Go => None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let sock = dir.join("containerd.sock");
@@ -122,9 +123,11 @@ impl CriContainerd {
 
     fn up(&self) {
         let mut up = Command::new(repo().join("hack/containerd-up.sh"));
-        up.arg(&self.dir).arg(&self.shim_dir);
-        let path = format!("{}:{}", self.version.bindir.display(), std::env::var("PATH").unwrap_or_default());
-        up.env("CONTAINERD_CRI", "1").env("CONTAINERD_VERSION", &self.version.key).env("PATH", path);
+        up.arg(&self.dir);
+        if let Some(d) = &self.shim_dir {
+            up.arg(d);
+        }
+        up.env("CONTAINERD_CRI", "1").env("CONTAINERD_VERSION", &self.version.key);
         run_ok(&mut up);
     }
 
