@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps build release lint test test-loom soak demo bench clean
+.PHONY: help deps build release lint test test-loom soak cri-long demo bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,8 +31,11 @@ test-loom: ## model-check the reaper's subscribe/route/claim protocol with loom
 soak: build ## full soak: 10 000 execs in batches of 50 + 1 000 create/start/delete cycles through one grouped shim (debug build)
 	SOAK_EXECS=$${SOAK_EXECS:-10000} SOAK_CYCLES=$${SOAK_CYCLES:-1000} target/debug/reap-run $(CARGO) test -p shim-tests --test soak -- --nocapture
 
+cri-long: deps build ## the CRI suite on every containerd version with 20 concurrent pods of 3 containers (CI runs it with 5)
+	CRI_PODS=$${CRI_PODS:-20} target/debug/reap-run $(CARGO) test -p shim-tests --test cri -- --test-threads=2 --nocapture
+
 demo: deps release ## build, start a private containerd with this shim, run containers and an exec storm
-	$(CARGO) build -p shim-tests --bin reap-run
+	$(CARGO) build -p shim-tests --bin reap-run --bin cri-demo
 	target/debug/reap-run hack/demo.sh target/release
 
 bench: deps release ## benchmark against Debian's Go shim and bare runc (BENCH_QUICK=1: smoke run; env in hack/bench.sh)

@@ -192,7 +192,7 @@ echo "$shim" >"$DIR/shim-path"
 NETNS=()
 if [[ "$CRI" == 1 ]]; then
 	here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-	"$here/cri-setup.sh" config "$DIR" "$VERSION" "$shim" >>"$DIR/config.toml"
+	"$here/cri-setup.sh" config "$DIR" "$VERSION" "$shim" "$BIN_DIR/containerd-shim-runc-v2" >>"$DIR/config.toml"
 	# DIR/bin holds containerd-shim-rsrunc-v2 (found through PATH on every version).
 	ENV_PATH="$DIR/bin:$ENV_PATH"
 	# libcni caches results in /var/lib/cni (not configurable): containerd-down removes

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: hack/cri-setup.sh config DIR VERSION SHIM   (called by containerd-up.sh)
+# Usage: hack/cri-setup.sh config DIR VERSION SHIM GO_SHIM   (called by containerd-up.sh)
 #        hack/cri-setup.sh images DIR CTR
 #
 # The CRI half of a private containerd (hack/containerd-up.sh with CONTAINERD_CRI=1).
@@ -17,6 +17,8 @@
 #                   runtime_path and runs containerd-shim-runc-v2 from PATH), runc options
 #                   Root = DIR/runc, SystemdCgroup = false (the default handler);
 #       crun        the same with BinaryName = hack/crun-private-ns, Root = DIR/crun;
+#       go-runc     io.containerd.runc.v2 with runtime_path = GO_SHIM, the version's Go shim
+#                   (1.7/2.x; for comparisons such as `make demo`);
 #       runc-wrap   the same with BinaryName = DIR/bin/runc-wrap (runc, logging its argv to
 #                   DIR/runc-wrap.log), Root = DIR/runc-wrap-root;
 #       rsrunc      io.containerd.rsrunc.v2 (DIR/bin/containerd-shim-rsrunc-v2 -> SHIM, found
@@ -42,7 +44,7 @@ usage() {
 }
 
 config() {
-	local dir=$1 version=$2 shim=$3 ver=2
+	local dir=$1 version=$2 shim=$3 goshim=$4 ver=2
 	[[ "$version" == 2 ]] && ver=3
 	local crunwrap="$here/crun-private-ns"
 	mkdir -p "$dir/bin" "$dir/cni/net.d" "$dir/cni/ipam" "$dir/crun"
@@ -149,6 +151,13 @@ EOF
         BinaryName = "$crunwrap"
         Root = "$dir/crun"
         SystemdCgroup = false
+    [$P.go-runc]
+      runtime_type = "io.containerd.runc.v2"
+      ${rp:+runtime_path = \"$goshim\"}
+      $sb
+      [$P.go-runc.options]
+        Root = "$dir/runc"
+        SystemdCgroup = false
     [$P.runc-wrap]
       runtime_type = "io.containerd.runc.v2"
       $rp
@@ -204,8 +213,8 @@ images() {
 [[ $# -ge 2 ]] || usage
 case "$1" in
 config)
-	[[ $# -eq 4 ]] || usage
-	config "$2" "$3" "$4"
+	[[ $# -eq 5 ]] || usage
+	config "$2" "$3" "$4" "$5"
 	;;
 images)
 	[[ $# -eq 3 ]] || usage

@@ -73,6 +73,19 @@ pub struct CriContainerd {
     n: AtomicU32,
 }
 
+/// A CRI runtime client over the unix socket `sock` (connects lazily, on the first call).
+pub fn connect(rt: &tokio::runtime::Runtime, sock: PathBuf) -> RuntimeServiceClient<Channel> {
+    rt.block_on(async {
+        let ch = Endpoint::try_from("http://[::]:50051").unwrap().connect_with_connector_lazy(tower::service_fn(
+            move |_: Uri| {
+                let p = sock.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+            },
+        ));
+        RuntimeServiceClient::new(ch)
+    })
+}
+
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
 impl CriContainerd {
@@ -89,16 +102,7 @@ impl CriContainerd {
             Shim::Go => None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let sock = dir.join("containerd.sock");
-        let client = rt.block_on(async {
-            let ch = Endpoint::try_from("http://[::]:50051").unwrap().connect_with_connector_lazy(tower::service_fn(
-                move |_: Uri| {
-                    let p = sock.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
-                },
-            ));
-            RuntimeServiceClient::new(ch)
-        });
+        let client = connect(&rt, dir.join("containerd.sock"));
         let c = CriContainerd {
             cgroup_root: format!("shimcri-{}-{n}", std::process::id()),
             tmp,

@@ -526,7 +526,25 @@ fn runtimeoptions_path(c: &CriContainerd, _: &mut Option<Ctx>) {
 }
 
 fn runtimeoptions_body(c: &CriContainerd, _: &mut Option<Ctx>) {
-    pod_with_handler(c, "rsrunc-body", "runc", "runc");
+    // Where the body does not arrive (1.6), the shim gets empty options and runc's default
+    // root: remove the pod and that root's namespace dir (if this made it) before failing.
+    let default_ns = Path::new("/run/containerd/runc/k8s.io");
+    let existed = default_ns.exists();
+    let r = catch_unwind(AssertUnwindSafe(|| pod_with_handler(c, "rsrunc-body", "runc", "runc")));
+    if r.is_err() {
+        let req = cri::ListPodSandboxRequest { filter: None };
+        for p in c.call(|mut cl| async move { cl.list_pod_sandbox(req).await }).map(|r| r.items).unwrap_or_default() {
+            if p.metadata.as_ref().is_some_and(|m| m.name.starts_with("rsrunc-body")) {
+                let _ = c.remove_pod(&p.id);
+            }
+        }
+    }
+    if !existed {
+        let _ = std::fs::remove_dir(default_ns);
+    }
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
 }
 
 fn no_new_shim_or_pod(c: &CriContainerd, shims_before: usize, name: &str) {
