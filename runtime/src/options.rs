@@ -151,7 +151,7 @@ impl RuncOptions {
     /// there is none, the TOML in `config_body` (the runtime's whole `options` table, which
     /// containerd 1.7 and 2.x send), with the runc option names of the CRI config
     /// (`BinaryName`, `Root`, `SystemdCgroup`, ...; snake_case names are accepted too). Both
-    /// empty means defaults. An unreadable file or an unknown or mistyped key is an error that
+    /// empty is an error (the options were lost on the way). An unreadable file or an unknown or mistyped key is an error that
     /// names the file (or `config_body`) and the key.
     fn from_runtimeoptions(any: &Any) -> Result<Self, OptionsError> {
         let invalid = |reason: String| OptionsError::Invalid { type_url: any.type_url.clone(), reason };
@@ -168,6 +168,16 @@ impl RuncOptions {
             (format!("config_path {config_path}"), text)
         } else {
             let body = field(3)?;
+            if body.is_empty() {
+                // containerd 1.6 sends this for a runtime's inline options table: refuse rather
+                // than run with defaults the user did not ask for.
+                return Err(invalid(
+                    "neither config_path nor config_body is set (containerd 1.6 does not pass a \
+                     runtime's inline options to a runtime type other than io.containerd.runc.v2): \
+                     put the runc options in a TOML file and set ConfigPath"
+                        .into(),
+                ));
+            }
             let text = String::from_utf8(body).map_err(|_| invalid("config_body is not UTF-8".into()))?;
             ("config_body".to_owned(), text)
         };
@@ -384,8 +394,10 @@ mod tests {
         assert_eq!((o.binary(), o.root.as_str()), ("runc", "/x"));
         let e = RuncOptions::from_any(Some(&runtimeoptions("", "Bogus = 1"))).unwrap_err().to_string();
         assert!(e.contains("config_body") && e.contains("Bogus"), "{e}");
-        // Neither: defaults, as an empty options table.
-        assert_eq!(RuncOptions::from_any(Some(&runtimeoptions("", ""))).unwrap(), RuncOptions::default());
+        // Neither: what containerd 1.6 sends for an inline options table it cannot pass on.
+        // Refused, so that options the user wrote are never silently dropped.
+        let e = RuncOptions::from_any(Some(&runtimeoptions("", ""))).unwrap_err().to_string();
+        assert!(e.contains("neither config_path nor config_body") && e.contains("ConfigPath"), "{e}");
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn expected_failure(shim: Shim, version: &str, check: &str) -> Option<(&'static 
     const GO_RTOPTS: &str = "type with url runtimeoptions.v1.Options: not found";
     if version == "1.6" && check.contains("config_body") {
         let why = "containerd 1.6 sends runtimeoptions without config_body: inline options never reach a non-runc runtime type (use ConfigPath)";
-        return Some((why, if shim == Shim::Go { GO_RTOPTS } else { "options.json" }));
+        return Some((why, if shim == Shim::Go { GO_RTOPTS } else { "neither config_path nor config_body" }));
     }
     if version != "1.6" && check.starts_with("runc options from CRI config (crun") {
         let why = "Debian 12's crun 1.8 refuses the OCI spec version containerd 1.7/2.x write";
@@ -526,25 +526,7 @@ fn runtimeoptions_path(c: &CriContainerd, _: &mut Option<Ctx>) {
 }
 
 fn runtimeoptions_body(c: &CriContainerd, _: &mut Option<Ctx>) {
-    // Where the body does not arrive (1.6), the shim gets empty options and runc's default
-    // root: remove the pod and that root's namespace dir (if this made it) before failing.
-    let default_ns = Path::new("/run/containerd/runc/k8s.io");
-    let existed = default_ns.exists();
-    let r = catch_unwind(AssertUnwindSafe(|| pod_with_handler(c, "rsrunc-body", "runc", "runc")));
-    if r.is_err() {
-        let req = cri::ListPodSandboxRequest { filter: None };
-        for p in c.call(|mut cl| async move { cl.list_pod_sandbox(req).await }).map(|r| r.items).unwrap_or_default() {
-            if p.metadata.as_ref().is_some_and(|m| m.name.starts_with("rsrunc-body")) {
-                let _ = c.remove_pod(&p.id);
-            }
-        }
-    }
-    if !existed {
-        let _ = std::fs::remove_dir(default_ns);
-    }
-    if let Err(e) = r {
-        std::panic::resume_unwind(e);
-    }
+    pod_with_handler(c, "rsrunc-body", "runc", "runc");
 }
 
 fn no_new_shim_or_pod(c: &CriContainerd, shims_before: usize, name: &str) {
