@@ -69,6 +69,9 @@ pub struct CriContainerd {
     /// The first-level cgroup (in every hierarchy) under which the pods' cgroup parents live.
     pub cgroup_root: String,
     pub rt: tokio::runtime::Runtime,
+    /// Whether runc's default state dir for k8s.io existed before: the Go shim's `delete` after
+    /// a refused Create runs runc with the default root, which makes it.
+    default_root_existed: bool,
     pub client: RuntimeServiceClient<Channel>,
     n: AtomicU32,
 }
@@ -85,6 +88,8 @@ pub fn connect(rt: &tokio::runtime::Runtime, sock: PathBuf) -> RuntimeServiceCli
         RuntimeServiceClient::new(ch)
     })
 }
+
+const DEFAULT_K8S_ROOT: &str = "/run/containerd/runc/k8s.io";
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
@@ -111,6 +116,7 @@ impl CriContainerd {
             shim,
             shim_dir,
             rt,
+            default_root_existed: Path::new(DEFAULT_K8S_ROOT).exists(),
             client,
             n: AtomicU32::new(0),
         };
@@ -408,6 +414,9 @@ impl Drop for CriContainerd {
                     .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
                     .status();
             }
+        }
+        if !self.default_root_existed {
+            let _ = std::fs::remove_dir(DEFAULT_K8S_ROOT); // only when empty
         }
         let _ = std::fs::remove_dir_all(&self.tmp);
     }
