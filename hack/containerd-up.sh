@@ -4,7 +4,8 @@
 # Starts a private containerd whose files all live under DIR:
 #   DIR/config.toml      generated config (root=DIR/root, state=DIR/state)
 #   DIR/containerd.sock  gRPC socket (ttrpc: DIR/containerd.sock.ttrpc)
-#   DIR/containerd.log   daemon log (debug level)
+#   DIR/containerd.log   daemon log (CONTAINERD_LOG_LEVEL, default debug; 1.7
+#                        and 2.x log forwarded events only at trace)
 #   DIR/containerd.pid   daemon pid
 #   DIR/runc, DIR/fifo   runc state root / IO fifos (used via hack/ctr.sh)
 #   DIR/tmp              TMPDIR of containerd, shims and runc
@@ -163,7 +164,7 @@ cat >>"$DIR/config.toml" <<EOF
 
 [debug]
   address = ""
-  level = "debug"
+  level = "${CONTAINERD_LOG_LEVEL:-debug}"
 
 [metrics]
   address = ""

@@ -59,10 +59,6 @@ fn expected_failure(shim: Shim, version: &str, check: &str) -> Option<(&'static 
         let why = "containerd 1.6 sends runtimeoptions without config_body: inline options never reach a non-runc runtime type (use ConfigPath)";
         return Some((why, if shim == Shim::Go { GO_RTOPTS } else { "neither config_path nor config_body" }));
     }
-    if version != "1.6" && check.starts_with("runc options from CRI config (crun") {
-        let why = "Debian 12's crun 1.8 refuses the OCI spec version containerd 1.7/2.x write";
-        return Some((why, "unknown version specified"));
-    }
     if shim == Shim::Go && (check.contains("rsrunc") || check.starts_with("unknown runtime option")) {
         let why = "the Go shim cannot decode runtimeoptions.v1.Options (what CRI sends for other runtime types)";
         return Some((why, GO_RTOPTS));
