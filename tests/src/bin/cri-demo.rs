@@ -122,7 +122,8 @@ fn main() -> ExitCode {
             failed = true;
         }
     }
-    println!("  shim memory per pod (pause + 3 containers, after one ExecSync each):");
+    println!("  shim memory per pod (pause + 3 containers, after one ExecSync each; PSS divides shared pages");
+    println!("  among the processes mapping them, so other shims of the same binary lower it; RSS does not):");
     for r in rows {
         println!("{r}");
     }
