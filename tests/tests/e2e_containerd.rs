@@ -300,7 +300,7 @@ fn ctr_pause_resume_metrics_and_oom(setup: Setup) {
 }
 
 e2e_versions!(ctr_run_exit_codes_kill_exec_storm_and_cleanup => lifecycle_exit_codes_storm_v1_6, lifecycle_exit_codes_storm_v1_7, lifecycle_exit_codes_storm_v2);
-e2e_versions!(reference ctr_run_exit_codes_kill_exec_storm_and_cleanup => lifecycle_exit_codes_storm_go_v1_6, lifecycle_exit_codes_storm_go_v1_7, lifecycle_exit_codes_storm_go_v2);
+e2e_versions!(reference ctr_run_exit_codes_kill_exec_storm_and_cleanup => lifecycle_exit_codes_storm_go_v1_6 xfail "execs failed" "Go shim 1.6.20 bug: 50-100 concurrent execs stall its exit processing for about a minute (containerd#8557), and its exec Delete drains output for only 2 s before closing the IO, so an exec can report its exit code with its output lost", lifecycle_exit_codes_storm_go_v1_7, lifecycle_exit_codes_storm_go_v2);
 e2e_versions!(ctr_run_and_exec_with_a_terminal => tty_run_and_exec_v1_6, tty_run_and_exec_v1_7, tty_run_and_exec_v2);
 e2e_versions!(reference ctr_run_and_exec_with_a_terminal => tty_run_and_exec_go_v1_6, tty_run_and_exec_go_v1_7, tty_run_and_exec_go_v2);
 e2e_versions!(ctr_pause_resume_metrics_and_oom => pause_resume_metrics_oom_v1_6, pause_resume_metrics_oom_v1_7, pause_resume_metrics_oom_v2);
@@ -361,7 +361,7 @@ fn ctr_exec_storm_exact_output(setup: Setup) {
     run_ok(&mut c.ctr(&["containers", "delete", "t-out"]));
 }
 e2e_versions!(ctr_exec_storm_exact_output => exec_storm_64k_exact_output_v1_6, exec_storm_64k_exact_output_v1_7, exec_storm_64k_exact_output_v2);
-e2e_versions!(reference ctr_exec_storm_exact_output => exec_storm_64k_exact_output_go_v1_6, exec_storm_64k_exact_output_go_v1_7, exec_storm_64k_exact_output_go_v2);
+e2e_versions!(reference ctr_exec_storm_exact_output => exec_storm_64k_exact_output_go_v1_6 xfail "bytes" "Go shim 1.6.20 bug: 50-100 concurrent execs stall its exit processing for about a minute (containerd#8557), and its exec Delete drains output for only 2 s before closing the IO, so an exec can report its exit code with its output lost", exec_storm_64k_exact_output_go_v1_7, exec_storm_64k_exact_output_go_v2);
 
 /// Issue 15 item 11, made deterministic: `ctr tasks exec` printing 256 KiB to a consumer that
 /// reads slowly (as a pipe into a slow program does), so output still sits in ctr's fifo when
@@ -422,5 +422,5 @@ fn ctr_exec_slow_reader_gets_all_output(setup: Setup) {
 }
 e2e_versions!(ctr_exec_slow_reader_gets_all_output => exec_slow_reader_all_output_v1_6, exec_slow_reader_all_output_v1_7, exec_slow_reader_all_output_v2);
 e2e_versions!(reference ctr_exec_slow_reader_gets_all_output => exec_slow_reader_all_output_go_v1_6,
-    exec_slow_reader_all_output_go_v1_7 xfail "Go shim bug: its exec Delete returns once the output is written into the fifo, not read; ctr 1.7 then closes the fifo (containerd 82ec62b86) and the last 64 KiB are lost",
-    exec_slow_reader_all_output_go_v2 xfail "Go shim bug: its exec Delete returns once the output is written into the fifo, not read; ctr 2.x then closes the fifo (containerd 82ec62b86) and the last 64 KiB are lost");
+    exec_slow_reader_all_output_go_v1_7 xfail "of 262144 bytes" "Go shim bug: its exec Delete returns once the output is written into the fifo, not read; ctr 1.7 then closes the fifo (containerd 82ec62b86) and the last 64 KiB are lost",
+    exec_slow_reader_all_output_go_v2 xfail "of 262144 bytes" "Go shim bug: its exec Delete returns once the output is written into the fifo, not read; ctr 2.x then closes the fifo (containerd 82ec62b86) and the last 64 KiB are lost");

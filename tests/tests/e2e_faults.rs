@@ -126,11 +126,17 @@ fn killed_shim_mid_storm_leaves_nothing(setup: Setup) {
         pids_with_argv(&exec_argv)
     );
     assert!(pids_with_argv(&init_argv).is_empty());
-    assert!(!c.dir.join("runc").join(&c.ns).join(id).exists(), "runc state left");
+    // containerd's `shim delete` (runc delete --force) may still be running under load.
+    let state = c.dir.join("runc").join(&c.ns).join(id);
+    assert!(
+        wait_until(Duration::from_secs(30), || !state.exists()),
+        "runc state left; containerd's log on delete:\n{}",
+        c.log().lines().filter(|l| l.contains("delete")).collect::<Vec<_>>().join("\n")
+    );
     assert!(mounts_under(&c.dir).is_empty(), "mounts left: {:?}", mounts_under(&c.dir));
     assert!(cgroups_of(&c.ns, id).is_empty(), "cgroups left: {:?}", cgroups_of(&c.ns, id));
-    assert!(!socket.exists(), "shim socket left: {}", socket.display());
     assert!(!c.bundle(id).exists(), "bundle left");
+    assert!(!socket.exists(), "shim socket left: {}", socket.display());
 }
 
 /// SPEC §4.7 no. 20: containerd is SIGKILLed while 100 execs are in flight and restarted. The
@@ -196,7 +202,8 @@ fn containerd_restart_mid_storm_loses_no_event(setup: Setup) {
     // shim's `address` file gone, only bootstrap.json can lead containerd back to the shim.
     let bootstrap = std::fs::read_to_string(c.bundle(id).join("bootstrap.json")).ok();
     if c.version() == Version::V2 {
-        std::fs::remove_file(c.bundle(id).join("address")).unwrap();
+        let _ = std::fs::remove_file(c.bundle(id).join("address"));
+        assert!(!c.bundle(id).join("address").exists());
     }
     c.restart();
     assert_eq!(std::fs::read_to_string(c.bundle(id).join("bootstrap.json")).ok(), bootstrap);
@@ -255,6 +262,10 @@ fn containerd_restart_mid_storm_loses_no_event(setup: Setup) {
 }
 
 e2e_versions!(killed_shim_mid_storm_leaves_nothing => killed_shim_mid_storm_v1_6, killed_shim_mid_storm_v1_7, killed_shim_mid_storm_v2);
-e2e_versions!(reference killed_shim_mid_storm_leaves_nothing => killed_shim_mid_storm_go_v1_6, killed_shim_mid_storm_go_v1_7, killed_shim_mid_storm_go_v2);
+e2e_versions!(reference killed_shim_mid_storm_leaves_nothing =>
+    killed_shim_mid_storm_go_v1_6 xfail "shim socket left" "Go shim behaviour: containerd runs `shim delete` after the SIGKILL, and the Go shim's delete does not remove the dead shim's socket in /run/containerd/s (ours removes a socket nothing listens on)",
+    killed_shim_mid_storm_go_v1_7 xfail "shim socket left" "Go shim behaviour: containerd runs `shim delete` after the SIGKILL, and the Go shim's delete does not remove the dead shim's socket in /run/containerd/s (ours removes a socket nothing listens on)",
+    killed_shim_mid_storm_go_v2 xfail "shim socket left" "Go shim behaviour: containerd runs `shim delete` after the SIGKILL, and the Go shim's delete does not remove the dead shim's socket in /run/containerd/s (ours removes a socket nothing listens on)",
+);
 e2e_versions!(containerd_restart_mid_storm_loses_no_event => containerd_restart_mid_storm_v1_6, containerd_restart_mid_storm_v1_7, containerd_restart_mid_storm_v2);
 e2e_versions!(reference containerd_restart_mid_storm_loses_no_event => containerd_restart_mid_storm_go_v1_6, containerd_restart_mid_storm_go_v1_7, containerd_restart_mid_storm_go_v2);
