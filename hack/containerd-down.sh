@@ -306,9 +306,27 @@ for d in /run/containerd/s /run/containerd/fifo /run/containerd/runc /run/contai
 	rmdir "$d" 2>/dev/null || true
 done
 
-# CRI mode: libcni's cache dir, if this containerd made it, once empty.
-if [[ -f "$DIR/cni.before" && ! -s "$DIR/cni.before" && -d /var/lib/cni ]]; then
-	find /var/lib/cni -depth -type d -empty -delete 2>/dev/null || true
+# CRI mode: libcni's cache dir, if a CRI-mode containerd-up made it (marker), once empty and
+# no other CRI-mode private containerd runs.
+other_cri_containerd() {
+	local p args i d
+	for p in /proc/[0-9]*; do
+		args=()
+		mapfile -d '' -t args 2>/dev/null <"$p/cmdline" || continue
+		for ((i = 0; i + 1 < ${#args[@]}; i++)); do
+			[[ "${args[i]}" == --config ]] || continue
+			d=$(dirname -- "${args[i + 1]}")
+			[[ "$d" != "$DIR" && -e "$d/cni-mode" ]] && is_alive "${p#/proc/}" && return 0
+		done
+	done
+	return 1
+}
+if [[ -e "$DIR/cni-mode" && -e /var/lib/cni/.shim-runc-rs-made ]] && ! other_cri_containerd; then
+	find /var/lib/cni -mindepth 1 -depth -type d -empty -delete 2>/dev/null || true
+	if [[ -z "$(find /var/lib/cni -mindepth 1 ! -name .shim-runc-rs-made -print -quit 2>/dev/null)" ]]; then
+		rm -f /var/lib/cni/.shim-runc-rs-made
+		rmdir /var/lib/cni 2>/dev/null || true
+	fi
 fi
 
 rc=0

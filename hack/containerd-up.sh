@@ -196,11 +196,13 @@ if [[ "$CRI" == 1 ]]; then
 	"$here/cri-setup.sh" config "$DIR" "$VERSION" "$shim" "$BIN_DIR/containerd-shim-runc-v2" >>"$DIR/config.toml"
 	# DIR/bin holds containerd-shim-rsrunc-v2 (found through PATH on every version).
 	ENV_PATH="$DIR/bin:$ENV_PATH"
-	# libcni caches results in /var/lib/cni (not configurable): containerd-down removes
-	# what is left of it, empty, if it did not exist before.
-	if [[ ! -e "$DIR/cni.before" ]]; then
-		{ [[ -e /var/lib/cni ]] && echo /var/lib/cni; } >"$DIR/cni.before" || true
+	# libcni caches results in /var/lib/cni (not configurable). If it does not exist, make it
+	# with a marker: the last CRI-mode containerd-down removes it again once empty (several
+	# private containerds may share it at once). DIR/cni-mode marks this DIR as CRI mode.
+	if [[ ! -e /var/lib/cni ]]; then
+		mkdir -p /var/lib/cni && touch /var/lib/cni/.shim-runc-rs-made
 	fi
+	touch "$DIR/cni-mode"
 	if ! nsenter --net="$DIR/netns" true 2>/dev/null; then
 		touch "$DIR/netns"
 		unshare --net="$DIR/netns" true || die "cannot create a network namespace at $DIR/netns"
