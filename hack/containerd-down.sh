@@ -9,7 +9,8 @@
 #   3. SIGKILL the shims this containerd started (cmdline has
 #      `-address DIR/containerd.sock`) and their leftover descendants,
 #      `runc delete --force` any container state left in DIR/runc;
-#   4. unmount everything under DIR (deepest first, lazy as a fallback);
+#   4. unmount everything under DIR (deepest first, lazy as a fallback), which
+#      also ends CRI mode's network namespaces (DIR/netns, pods' under DIR/state);
 #   5. remove the shims' sockets in /run/containerd/s, the cgroups and
 #      /run/containerd dirs that did not exist before containerd-up, and DIR.
 # Safe to run on a partially started DIR and to run twice. Exits non-zero
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 if [[ $# -ne 1 || "$1" == -* ]]; then
-	sed -n '2,16s/^# \{0,1\}//p' "$0" >&2
+	sed -n '2,17s/^# \{0,1\}//p' "$0" >&2
 	exit 2
 fi
 
@@ -33,6 +34,12 @@ PIDFILE="$DIR/containerd.pid"
 TASKDIR="$DIR/state/io.containerd.runtime.v2.task"
 SOCKDIR=/run/containerd/s
 T=10 # seconds allowed for each ctr/runc call
+# The ctr of the containerd version containerd-up.sh ran (DIR/containerd-version), else PATH's.
+CTR=ctr
+if [[ -s "$DIR/containerd-version" ]]; then
+	bindir=$(cut -f3 "$DIR/containerd-version")
+	[[ -x "$bindir/ctr" ]] && CTR="$bindir/ctr"
+fi
 
 declare -A NAMESPACES=() # ns -> 1
 declare -A CONTAINERS=() # "ns/id" -> 1
@@ -141,7 +148,7 @@ containerd_pid() { # prints the pid if DIR/containerd.pid is our live containerd
 	echo "$pid"
 }
 
-ctrx() { timeout -k 5 "$T" ctr -a "$SOCK" "$@"; }
+ctrx() { timeout -k 5 "$T" "$CTR" -a "$SOCK" "$@"; }
 
 # --- 1. tasks and containers, through containerd --------------------------
 record_state
@@ -218,7 +225,7 @@ runc_cleanup() { # root id
 	rm -rf "${root:?}/${id:?}"
 }
 if [[ -d "$DIR/runc" ]] && command -v runc >/dev/null; then
-	for st in "$DIR"/runc/*/*/state.json; do
+	for st in "$DIR"/runc/*/*/state.json "$DIR"/runc-wrap-root/*/*/state.json; do
 		[[ -e "$st" ]] || continue
 		d=${st%/state.json}
 		runc_cleanup "${d%/*}" "${d##*/}"
@@ -298,6 +305,29 @@ for d in /run/containerd/s /run/containerd/fifo /run/containerd/runc /run/contai
 	existed_before "$d" run-containerd.before && continue
 	rmdir "$d" 2>/dev/null || true
 done
+
+# CRI mode: libcni's cache dir, if a CRI-mode containerd-up made it (marker), once empty and
+# no other CRI-mode private containerd runs.
+other_cri_containerd() {
+	local p args i d
+	for p in /proc/[0-9]*; do
+		args=()
+		mapfile -d '' -t args 2>/dev/null <"$p/cmdline" || continue
+		for ((i = 0; i + 1 < ${#args[@]}; i++)); do
+			[[ "${args[i]}" == --config ]] || continue
+			d=$(dirname -- "${args[i + 1]}")
+			[[ "$d" != "$DIR" && -e "$d/cni-mode" ]] && is_alive "${p#/proc/}" && return 0
+		done
+	done
+	return 1
+}
+if [[ -e "$DIR/cni-mode" && -e /var/lib/cni/.shim-runc-rs-made ]] && ! other_cri_containerd; then
+	find /var/lib/cni -mindepth 1 -depth -type d -empty -delete 2>/dev/null || true
+	if [[ -z "$(find /var/lib/cni -mindepth 1 ! -name .shim-runc-rs-made -print -quit 2>/dev/null)" ]]; then
+		rm -f /var/lib/cni/.shim-runc-rs-made
+		rmdir /var/lib/cni 2>/dev/null || true
+	fi
+fi
 
 rc=0
 if [[ -e "$DIR" ]]; then

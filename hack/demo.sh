@@ -8,6 +8,12 @@
 #   3. exec storm: DEMO_EXEC_N (default 50) concurrent `ctr tasks exec` in one
 #      container, exec N exits N%7; counts ok/failed and wall time
 #      (skip with DEMO_EXEC=0)
+#   4. a Kubernetes-style pod through CRI on containerd 2.1 (a second private
+#      containerd, CONTAINERD_CRI=1): pause + 3 containers created with the
+#      kubelet's calls by target/debug/cri-demo (a k8s-cri client), once with
+#      this shim (handler runc, runtime_path) and once with containerd 2.1's Go
+#      shim (handler go-runc), printing each shim's memory for the pod (PSS)
+#      (skip with DEMO_CRI=0)
 # Every ctr call is bounded by DEMO_CTR_TIMEOUT seconds (default 30; exit
 # code 124 means it timed out, 137 that it then had to be SIGKILLed).
 # prints the recorded events and always tears everything down
@@ -53,6 +59,7 @@ step "installing dependencies (if missing)"
 WORK=$(mktemp -d /tmp/shimdemo.XXXXXX)
 D="$WORK/c"
 EVENTS_PID=""
+D2=""
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
@@ -66,6 +73,10 @@ cleanup() {
 	step "tearing down (hack/containerd-down.sh)"
 	if ! "$here/containerd-down.sh" "$D"; then
 		echo "demo: containerd-down failed" >&2
+		rc=1
+	fi
+	if [[ -n "$D2" ]] && ! "$here/containerd-down.sh" "$D2"; then
+		echo "demo: containerd-down (CRI) failed" >&2
 		rc=1
 	fi
 	rm -rf -- "$WORK"
@@ -207,6 +218,23 @@ if [[ "$DEMO_EXEC" != 0 ]]; then
 	fi
 else
 	step "3. exec storm skipped (DEMO_EXEC=0)"
+fi
+
+# 4 -----------------------------------------------------------------------
+if [[ "${DEMO_CRI:-1}" != 0 ]]; then
+	step "4. a Kubernetes pod through CRI on containerd 2.1: pause + 3 containers, this shim beside the Go one"
+	CRI_DEMO=${CRI_DEMO:-$here/../target/debug/cri-demo}
+	D2="$WORK/k"
+	if [[ ! -x "$CRI_DEMO" ]]; then
+		check "cri-demo client built ($CRI_DEMO)" false
+	elif CONTAINERD_CRI=1 CONTAINERD_VERSION=2 "$here/containerd-up.sh" "$D2" "$SHIM_DIR"; then
+		check "pod of 3 containers through CRI, with this shim and with the Go shim" \
+			timeout -k 5 300 "$CRI_DEMO" "$D2/containerd.sock" runc go-runc
+	else
+		check "CRI containerd 2.1 started" false
+	fi
+else
+	step "4. CRI pod skipped (DEMO_CRI=0)"
 fi
 
 # events ------------------------------------------------------------------

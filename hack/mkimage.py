@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a minimal, deterministic busybox OCI image archive.
 
-Usage: hack/mkimage.py OUT.tar [REF]   (normally called via hack/mkimage.sh)
+Usage: hack/mkimage.py OUT.tar [REF [CMD...]]   (normally called via hack/mkimage.sh)
 
 The archive is an OCI image layout (oci-layout, index.json, blobs/sha256/*)
 with one gzip layer holding /bin/busybox (a static binary, default
@@ -14,7 +14,8 @@ index.json names the manifest with both `io.containerd.image.name` and
 `org.opencontainers.image.ref.name` = REF (default
 docker.io/library/shimtest:latest); `ctr images import OUT.tar` then creates
 exactly the image REF (the containerd annotation wins over ctr's
-"import-DATE" prefix).
+"import-DATE" prefix). CMD, when given, replaces the image's default command
+`sh` (e.g. a pause image for CRI: `/bin/sh -c 'trap "exit 0" TERM; ...'`).
 """
 
 import gzip
@@ -146,11 +147,12 @@ def canon(obj):
 
 
 def main():
-    if len(sys.argv) not in (2, 3) or sys.argv[1] in ("-h", "--help"):
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     out_path = sys.argv[1]
-    ref = sys.argv[2] if len(sys.argv) == 3 else DEFAULT_REF
+    ref = sys.argv[2] if len(sys.argv) >= 3 else DEFAULT_REF
+    cmd = sys.argv[3:] or ["sh"]
     busybox = os.environ.get("BUSYBOX", "/bin/busybox")
     arch = ARCHES.get(platform.machine())
     if arch is None:
@@ -161,7 +163,7 @@ def main():
         "architecture": arch,
         "os": "linux",
         "created": CREATED,
-        "config": {"Env": [PATH_ENV], "Cmd": ["sh"], "WorkingDir": "/"},
+        "config": {"Env": [PATH_ENV], "Cmd": cmd, "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [sha(raw)]},
         "history": [{"created": CREATED, "created_by": "hack/mkimage.py"}],
     }

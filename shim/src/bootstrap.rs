@@ -330,7 +330,13 @@ pub fn delete(flags: &Flags) -> Result<()> {
     let root = opts.root_for(&flags.namespace);
     let log = bundle.join("log.json");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // No state dir: the runtime never created the container (Create failed before it, e.g. on
+    // options it refused) and has nothing to delete; runc would still make its root dir.
+    let has_state = root.join(&flags.id).exists();
     let deleted = rt.block_on(async {
+        if !has_state {
+            return Ok(Ok(Ok(())));
+        }
         let reaper = Reaper::new();
         let task = tokio::spawn(reaper.run()?);
         let runtime = Runtime::new(opts.binary(), root, opts.systemd_cgroup, reaper);

@@ -474,6 +474,7 @@ pub fn edit_spec(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 
 /// A private real containerd for end-to-end tests.
 pub mod containerd;
+pub mod cri;
 
 pub mod req {
     use containerd_shim_protos::api;

@@ -5,12 +5,12 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use shim_tests::containerd::{run_ok, Containerd, IMAGE, NS};
+use shim_tests::containerd::{run_ok, Containerd, Setup, IMAGE};
+use shim_tests::e2e_versions;
 use shim_tests::{mounts_under, TestEnv};
 
-#[test]
-fn ctr_run_and_exec_with_crun() {
-    let c = Containerd::start();
+fn ctr_run_and_exec_with_crun(setup: Setup) {
+    let c = Containerd::start_with(setup);
     let fifo = &c.fifo;
     let crun = TestEnv::crun_wrapper().display().to_string();
 
@@ -27,7 +27,7 @@ fn ctr_run_and_exec_with_crun() {
     run_ok(&mut c.ctr(&args));
     c.wait_status("crun-bg", "RUNNING");
     // crun's state (a `status` file; runc writes state.json) proves which runtime runs it.
-    assert!(c.dir.join("runc").join(NS).join("crun-bg").join("status").exists());
+    assert!(c.dir.join("runc").join(&c.ns).join("crun-bg").join("status").exists());
     let out = c
         .ctr(&["tasks", "exec", "--fifo-dir", fifo, "--exec-id", "e1", "crun-bg", "sh", "-c", "echo ex; exit 4"])
         .stdout(Stdio::piped())
@@ -45,9 +45,12 @@ fn ctr_run_and_exec_with_crun() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(c.shims().is_empty(), "shims left: {:?}", c.shims());
-    let left: Vec<_> = std::fs::read_dir(c.dir.join("runc").join(NS))
+    let left: Vec<_> = std::fs::read_dir(c.dir.join("runc").join(&c.ns))
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "crun state left: {left:?}");
     assert!(mounts_under(&c.dir).is_empty(), "mounts left: {:?}", mounts_under(&c.dir));
 }
+
+e2e_versions!(ctr_run_and_exec_with_crun => crun_run_and_exec_v1_6, crun_run_and_exec_v1_7, crun_run_and_exec_v2);
+e2e_versions!(reference ctr_run_and_exec_with_crun => crun_run_and_exec_go_v1_6, crun_run_and_exec_go_v1_7, crun_run_and_exec_go_v2);

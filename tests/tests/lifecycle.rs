@@ -382,3 +382,19 @@ async fn grouped_containers_share_one_shim() {
     delete(&shim, "grp-a").await.unwrap();
     shutdown_and_reap(&shim).await;
 }
+
+/// `delete` of a container whose Create never reached the runtime (e.g. options it refused, as
+/// CRI's cleanup after a failed RunPodSandbox does) has nothing to delete: it must not make the
+/// runtime's state root (runc creates it on any call), so nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_of_a_never_created_container_leaves_no_runtime_root() {
+    let env = TestEnv::new().await;
+    let id = "lc-never-created";
+    let bundle = env.bundle(id, &["true"], &[]);
+    let root = bundle.parent().unwrap().join("fresh-runc-root");
+    std::fs::write(bundle.join("options.json"), serde_json::json!({"root": root}).to_string()).unwrap();
+    let out = env.shim_command(&bundle, id, "delete").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(api::DeleteResponse::parse_from_bytes(&out.stdout).unwrap().exit_status, 137);
+    assert!(!root.exists(), "delete created the runtime root {}", root.display());
+}
