@@ -183,10 +183,13 @@ if [[ -n "$cpid" && -S "$SOCK" ]] && ctrx version >/dev/null 2>&1; then
 	record_state
 fi
 
-# Shim sockets, also computed as the protocol does: sha256("SOCK/NS/ID").
+# Shim sockets, also computed as the protocol does: sha256("SOCK/NS/ID"), and the Go shim's
+# debug socket (1.7+ with -debug): sha256("SOCK/NS/ID/debug").
 for key in "${!CONTAINERS[@]}"; do
-	h=$(printf '%s' "$SOCK/$key" | sha256sum | awk '{ print $1 }')
-	add_socket "$SOCKDIR/$h"
+	for suffix in "" /debug; do
+		h=$(printf '%s' "$SOCK/$key$suffix" | sha256sum | awk '{ print $1 }')
+		add_socket "$SOCKDIR/$h"
+	done
 done
 for pid in $(find_shims); do
 	record_shim_sockets "$pid"

@@ -319,7 +319,15 @@ impl Containerd {
 
     /// The shim socket containerd derives for a (non-grouped) container `id`.
     pub fn shim_socket(&self, id: &str) -> PathBuf {
-        let joined = format!("{}/{}/{id}", self.socket(), self.ns);
+        self.socket_for(&format!("{}/{}/{id}", self.socket(), self.ns))
+    }
+
+    /// The debug socket the Go shim (1.7 and 2.x, with `-debug`) listens on beside its socket.
+    pub fn go_debug_socket(&self, id: &str) -> PathBuf {
+        self.socket_for(&format!("{}/{}/{id}/debug", self.socket(), self.ns))
+    }
+
+    fn socket_for(&self, joined: &str) -> PathBuf {
         let mut child = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         {
             use std::io::Write;
