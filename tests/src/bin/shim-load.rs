@@ -31,8 +31,61 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api;
-use containerd_shim_protos::shim_async::TaskClient;
-use shim_tests::{connect, ctx, req, TestEnv};
+use protobuf::Message;
+use shim_tests::{ctx, req, TestEnv};
+
+/// A task API client that speaks `containerd.task.v3.Task` (containerd 2.x shims, ours) or,
+/// when the shim does not know it, `containerd.task.v2.Task` (containerd 1.x Go shims): the
+/// same messages under another service name.
+#[derive(Clone)]
+struct TaskClient {
+    client: ttrpc::asynchronous::Client,
+    service: &'static str,
+}
+
+macro_rules! methods {
+    ($($name:ident($method:literal, $req:ty) -> $resp:ty;)+) => {
+        impl TaskClient {
+            $(
+                async fn $name(&self, _ctx: ttrpc::context::Context, req: &$req) -> ttrpc::Result<$resp> {
+                    self.call($method, req).await
+                }
+            )+
+        }
+    };
+}
+
+methods! {
+    connect("Connect", api::ConnectRequest) -> api::ConnectResponse;
+    create("Create", api::CreateTaskRequest) -> api::CreateTaskResponse;
+    start("Start", api::StartRequest) -> api::StartResponse;
+    exec("Exec", api::ExecProcessRequest) -> protobuf::well_known_types::empty::Empty;
+    wait("Wait", api::WaitRequest) -> api::WaitResponse;
+    delete("Delete", api::DeleteRequest) -> api::DeleteResponse;
+    kill("Kill", api::KillRequest) -> protobuf::well_known_types::empty::Empty;
+    stats("Stats", api::StatsRequest) -> api::StatsResponse;
+    shutdown("Shutdown", api::ShutdownRequest) -> protobuf::well_known_types::empty::Empty;
+}
+
+impl TaskClient {
+    async fn call<Req: Message, Resp: Message>(&self, method: &str, req: &Req) -> ttrpc::Result<Resp> {
+        let payload = req.write_to_bytes().map_err(|e| ttrpc::Error::Others(e.to_string()))?;
+        let request =
+            ttrpc::Request { service: self.service.into(), method: method.into(), payload, ..Default::default() };
+        let response = self.client.request(request).await?;
+        Resp::parse_from_bytes(&response.payload).map_err(|e| ttrpc::Error::Others(e.to_string()))
+    }
+}
+
+/// Connects to `address` and finds the task API version the shim serves.
+async fn connect(address: &str) -> TaskClient {
+    let client = ttrpc::asynchronous::Client::connect(address).await.unwrap();
+    let v3 = TaskClient { client: client.clone(), service: "containerd.task.v3.Task" };
+    if v3.connect(ctx(), &api::ConnectRequest::new()).await.is_ok() {
+        return v3;
+    }
+    TaskClient { client, service: "containerd.task.v2.Task" }
+}
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
@@ -108,6 +161,7 @@ fn ctxt_switches(pid: u32) -> u64 {
 /// A shim started the way containerd starts it, with one running `sleep` container.
 struct Target {
     env: TestEnv,
+    address: String,
     client: TaskClient,
     pid: u32,
     id: String,
@@ -170,7 +224,7 @@ impl Target {
         env.track_shim(pid, Path::new(address.trim_start_matches("unix://")));
         env.track_container(&id, &bundle);
         create_container(&env, &client, &id, &bundle).await;
-        Target { env, client, pid, id }
+        Target { env, address, client, pid, id }
     }
 
     async fn stop(self) {
@@ -246,6 +300,10 @@ async fn exec_cycle(client: &TaskClient, id: &str, exec_id: &str) {
 
 /// Runs `total` cycles, `inflight` at a time (a new one starts as soon as one ends), and returns
 /// each one's span, in start order. `on_step` runs every `step` completions.
+///
+/// Each of the `inflight` workers has its own connection, with one request at a time on it: the
+/// Rust ttrpc client may put concurrent requests of one connection on the wire out of stream-id
+/// order, which Go's ttrpc server rejects ("StreamID cannot be re-used and must increment").
 async fn run_cycles(
     t: &Target,
     prefix: &str,
@@ -255,36 +313,38 @@ async fn run_cycles(
     mut on_step: impl FnMut(u64),
 ) -> Latencies {
     let epoch = Instant::now();
-    let mut spans = vec![(Duration::ZERO, Duration::ZERO); usize::try_from(total).unwrap()];
-    let mut set = tokio::task::JoinSet::new();
-    let mut next = 0u64;
-    let mut done = 0u64;
-    let launch = |set: &mut tokio::task::JoinSet<(usize, Duration, Duration)>, n: u64| {
-        let client = t.client.clone();
-        let id = t.id.clone();
-        let exec_id = format!("{prefix}{n}");
-        set.spawn(async move {
-            let start = epoch.elapsed();
-            exec_cycle(&client, &id, &exec_id).await;
-            (usize::try_from(n).unwrap(), start, epoch.elapsed())
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..inflight.min(total) {
+        let client = connect(&t.address).await;
+        let (id, prefix, next, tx) = (t.id.clone(), prefix.to_owned(), next.clone(), tx.clone());
+        workers.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let start = epoch.elapsed();
+                exec_cycle(&client, &id, &format!("{prefix}{n}")).await;
+                let _ = tx.send((usize::try_from(n).unwrap(), start, epoch.elapsed()));
+            }
         });
-    };
-    while next < inflight.min(total) {
-        launch(&mut set, next);
-        next += 1;
     }
-    while let Some(r) = set.join_next().await {
-        let (i, s, e) = r.unwrap();
+    drop(tx);
+    let mut spans = vec![(Duration::ZERO, Duration::ZERO); usize::try_from(total).unwrap()];
+    let mut done = 0u64;
+    while let Some((i, s, e)) = rx.recv().await {
         spans[i] = (s, e);
         done += 1;
         if step > 0 && done.is_multiple_of(step) {
             on_step(done);
         }
-        if next < total {
-            launch(&mut set, next);
-            next += 1;
-        }
     }
+    while let Some(r) = workers.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(done, total, "a worker failed");
     Latencies { spans }
 }
 
