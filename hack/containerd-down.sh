@@ -33,6 +33,12 @@ PIDFILE="$DIR/containerd.pid"
 TASKDIR="$DIR/state/io.containerd.runtime.v2.task"
 SOCKDIR=/run/containerd/s
 T=10 # seconds allowed for each ctr/runc call
+# The ctr of the containerd version containerd-up.sh ran (DIR/containerd-version), else PATH's.
+CTR=ctr
+if [[ -s "$DIR/containerd-version" ]]; then
+	bindir=$(cut -f3 "$DIR/containerd-version")
+	[[ -x "$bindir/ctr" ]] && CTR="$bindir/ctr"
+fi
 
 declare -A NAMESPACES=() # ns -> 1
 declare -A CONTAINERS=() # "ns/id" -> 1
@@ -141,7 +147,7 @@ containerd_pid() { # prints the pid if DIR/containerd.pid is our live containerd
 	echo "$pid"
 }
 
-ctrx() { timeout -k 5 "$T" ctr -a "$SOCK" "$@"; }
+ctrx() { timeout -k 5 "$T" "$CTR" -a "$SOCK" "$@"; }
 
 # --- 1. tasks and containers, through containerd --------------------------
 record_state

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Usage: hack/ctr.sh DIR [ctr global flags] COMMAND [ARGS...]
 #
-# Runs `ctr -a DIR/containerd.sock ...` against the private containerd started
+# Runs `ctr -a DIR/containerd.sock ...` (the ctr of the containerd version that
+# containerd-up.sh ran, from DIR/containerd-version) against the private containerd started
 # by hack/containerd-up.sh DIR, adding the flags that keep state private:
 #   ctr run ...                -> --runc-root DIR/runc --fifo-dir DIR/fifo
 #   ctr tasks exec|start ...   -> --fifo-dir DIR/fifo
@@ -12,12 +13,18 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-	sed -n '2,11s/^# \{0,1\}//p' "$0" >&2
+	sed -n '2,12s/^# \{0,1\}//p' "$0" >&2
 	exit 2
 fi
 
 DIR=$(realpath -m "$1")
 shift
+# The ctr of the containerd version containerd-up.sh ran (DIR/containerd-version), else PATH's.
+CTR=ctr
+if [[ -s "$DIR/containerd-version" ]]; then
+	bindir=$(cut -f3 "$DIR/containerd-version")
+	[[ -x "$bindir/ctr" ]] && CTR="$bindir/ctr"
+fi
 args=("$@")
 
 # Skip ctr's global flags to find the command.
@@ -64,4 +71,4 @@ if ((pos >= 0 && ${#extra[@]} > 0)); then
 	args=("${args[@]:0:pos}" "${extra[@]}" "${args[@]:pos}")
 fi
 
-exec ctr -a "$DIR/containerd.sock" "${args[@]}"
+exec "$CTR" -a "$DIR/containerd.sock" "${args[@]}"

@@ -131,7 +131,7 @@ fn is_eof(e: &io::Error) -> bool {
 
 /// Copies the master to `out` until every slave is closed, or until the process exited and the
 /// pty has nothing more buffered.
-pub async fn output(pty: Pty, mut out: pipe::Sender, mut exited: watch::Receiver<bool>) {
+pub async fn output(pty: Pty, out: &mut pipe::Sender, mut exited: watch::Receiver<bool>) {
     let mut buf = vec![0u8; BUFFER];
     let mut done = *exited.borrow();
     loop {

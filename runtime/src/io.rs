@@ -295,13 +295,17 @@ impl ProcessIo {
                 source: e,
             })?;
             let pty = Arc::clone(&pty);
-            io.outputs.push(tokio::spawn(console::output(pty, to_logger, exited_rx)));
+            io.outputs.push(tokio::spawn(async move {
+                let mut to_logger = to_logger;
+                console::output(pty, &mut to_logger, exited_rx).await;
+            }));
         } else if let Some(path) = fifo_path("stdout", &cfg.stdout)? {
-            let (fifo, keep_reader) = open_output(&path).await?;
+            let (mut fifo, keep_reader) = open_output(&path).await?;
             let pty = Arc::clone(&pty);
             io.outputs.push(tokio::spawn(async move {
-                console::output(pty, fifo, exited_rx).await;
+                console::output(pty, &mut fifo, exited_rx).await;
                 drop(keep_reader);
+                read_by_client(&fifo).await;
             }));
         }
         if let Some(path) = fifo_path("stdin", &cfg.stdin)? {
@@ -337,7 +341,7 @@ impl ProcessIo {
 
         for (stream, path) in [("stdout", stdout), ("stderr", stderr)] {
             let Some(path) = path else { continue };
-            let (fifo, keep_reader) = open_output(&path).await?;
+            let (mut fifo, keep_reader) = open_output(&path).await?;
             let (r, w) = make_pipe(&path)?;
             chown_fd(&w, uid, gid, &path)?;
             let rx = pipe::Receiver::from_owned_fd(r).map_err(|e| IoError::Open {
@@ -346,8 +350,9 @@ impl ProcessIo {
                 source: e,
             })?;
             io.outputs.push(tokio::spawn(async move {
-                copy(rx, fifo, stream).await;
+                copy(rx, &mut fifo, stream).await;
                 drop(keep_reader);
+                read_by_client(&fifo).await;
             }));
             if stream == "stdout" {
                 rt.stdout = Some(w);
@@ -418,6 +423,20 @@ fn open_input(path: &str) -> Result<(pipe::Receiver, std::fs::File), IoError> {
         .open(path)
         .map_err(open)?;
     Ok((fifo, keepalive))
+}
+
+/// After the last write into an output fifo: waits until the client has read it all (the fifo
+/// is empty) or no reader is left. The copy counts as drained only then, so Delete does not
+/// answer while output sits unread: ctr 1.7 and 2.x close their fifo readers as soon as
+/// DeleteProcess returns (containerd 82ec62b86, `cio.Cancel` closes the pipes), and what they
+/// had not read yet would be lost. Bounded by the drain limit of Delete, which aborts the copy.
+async fn read_by_client(fifo: &pipe::Sender) {
+    use std::os::fd::AsFd;
+    let mut backoff = Duration::from_micros(200);
+    while crate::sys::pipe_unread(fifo.as_fd()).is_ok_and(|n| n > 0) && crate::sys::pipe_has_reader(fifo.as_fd()) {
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(20));
+    }
 }
 
 async fn open_output(path: &str) -> Result<(pipe::Sender, std::fs::File), IoError> {

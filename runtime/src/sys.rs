@@ -90,6 +90,29 @@ pub fn set_winsize(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> io:
     Ok(())
 }
 
+/// Bytes written into the pipe or fifo `fd` (either end) and not yet read (`FIONREAD`).
+pub fn pipe_unread(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` is a live borrowed descriptor; FIONREAD writes one `c_int` through the valid
+    // pointer to our local.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Whether the write end `fd` of a pipe or fifo still has a reader: without one, the kernel
+/// reports POLLERR on it.
+pub fn pipe_has_reader(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid `pollfd` (our local) for a live descriptor; a zero timeout never blocks.
+    let rc = unsafe { libc::poll(&mut p, 1, 0) };
+    rc >= 0 && p.revents & libc::POLLERR == 0
+}
+
 /// Hangs up the terminal whose master is `master`, as closing the last master fd would (the
 /// kernel's pty close calls `tty_vhangup` on the slave): the slave's session gets SIGHUP and
 /// its further terminal IO fails. The slave is reached with `TIOCGPTPEER` (so no path in the

@@ -1,5 +1,6 @@
-//! A private, real containerd (Debian's package) for end-to-end tests with `ctr`, using the
-//! built shim as `containerd-shim-runc-v2` (hack/containerd-up.sh puts its directory first in PATH).
+//! A private, real containerd (1.6, 1.7 or 2.x, as hack/install-deps.sh unpacked them) for
+//! end-to-end tests with that version's `ctr`, using the built shim as `containerd-shim-runc-v2`
+//! (hack/containerd-up.sh puts its directory first in PATH), or that version's own Go shim.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,81 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// A containerd version hack/install-deps.sh installs (`CONTAINERD_VERSION` of the hack/ scripts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1_6,
+    V1_7,
+    V2,
+}
+
+impl Version {
+    pub const ALL: [Version; 3] = [Version::V1_6, Version::V1_7, Version::V2];
+
+    /// The key of hack/install-deps.sh and `CONTAINERD_VERSION`: "1.6", "1.7", "2".
+    pub fn key(self) -> &'static str {
+        match self {
+            Version::V1_6 => "1.6",
+            Version::V1_7 => "1.7",
+            Version::V2 => "2",
+        }
+    }
+
+    /// `CONTAINERD_VERSION` from the environment, else 1.6.
+    pub fn from_env() -> Version {
+        match std::env::var("CONTAINERD_VERSION").as_deref() {
+            Ok("1.7") => Version::V1_7,
+            Ok("2") => Version::V2,
+            Ok("1.6") | Err(_) => Version::V1_6,
+            Ok(other) => panic!("CONTAINERD_VERSION={other}: expected 1.6, 1.7 or 2"),
+        }
+    }
+
+    fn line(self) -> (String, PathBuf) {
+        let deps = std::env::var("SHIM_DEPS_DIR").unwrap_or_else(|_| "/var/cache/shim-runc-rs".into());
+        let file = Path::new(&deps).join("containerd").join(format!("{}.version", self.key()));
+        let line = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e} (run hack/install-deps.sh)", file.display()));
+        let mut f = line.trim_end().split('\t');
+        let (_, full, bin) = (f.next(), f.next().unwrap().to_owned(), f.next().unwrap());
+        (full, PathBuf::from(bin))
+    }
+
+    /// The version containerd reports, e.g. "2.1.9+unknown".
+    pub fn full(self) -> String {
+        self.line().0
+    }
+
+    /// The directory holding this version's containerd, ctr and Go shim.
+    pub fn bin_dir(self) -> PathBuf {
+        self.line().1
+    }
+
+    /// The task API version containerd uses with a shim: 2 for 1.x, 3 for 2.x.
+    pub fn task_api(self) -> u32 {
+        if self == Version::V2 {
+            3
+        } else {
+            2
+        }
+    }
+}
+
+/// What a [`Containerd`] runs; `Setup::default()` follows the environment (`CONTAINERD_VERSION`,
+/// `E2E_GO_SHIM`).
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    pub version: Version,
+    /// Run that version's own Go shim (the reference) instead of the built one.
+    pub go_shim: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Setup {
+        Setup { version: Version::from_env(), go_shim: std::env::var_os("E2E_GO_SHIM").is_some() }
+    }
+}
+
 /// A private containerd; stopped and cleaned up (hack/containerd-down.sh) on drop.
 pub struct Containerd {
     pub tmp: PathBuf,
@@ -23,10 +99,25 @@ pub struct Containerd {
     pub runc_root: String,
     /// `--fifo-dir` for `ctr run` and `ctr tasks exec` (DIR/fifo).
     pub fifo: String,
+    pub setup: Setup,
+    /// The version containerd reports (from hack/install-deps.sh's version file).
+    pub full_version: String,
+    /// This version's `ctr`.
+    pub ctr_bin: PathBuf,
 }
 
 impl Containerd {
+    /// A containerd as the environment says ([`Setup::default`]).
     pub fn start() -> Containerd {
+        Containerd::start_with(Setup::default())
+    }
+
+    /// A containerd of `version` with the built shim (or the Go shim if `E2E_GO_SHIM` is set).
+    pub fn start_version(version: Version) -> Containerd {
+        Containerd::start_with(Setup { version, ..Setup::default() })
+    }
+
+    pub fn start_with(setup: Setup) -> Containerd {
         // One dir per instance: tests of one binary run in parallel.
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -35,18 +126,42 @@ impl Containerd {
         std::fs::create_dir_all(&tmp).unwrap();
         let dir = tmp.join("c");
         let (runc_root, fifo) = (dir.join("runc").display().to_string(), dir.join("fifo").display().to_string());
-        let c = Containerd { dir, tmp, runc_root, fifo };
-        let shim_dir = shim_binary().parent().unwrap().to_path_buf();
+        let (full_version, bin_dir) = setup.version.line();
+        let ctr_bin = bin_dir.join("ctr");
+        let c = Containerd { dir, tmp, runc_root, fifo, setup, full_version, ctr_bin };
+        eprintln!(
+            "containerd {} ({}) with {}",
+            c.full_version,
+            setup.version.key(),
+            if setup.go_shim { "its Go shim" } else { "the built shim" }
+        );
         run_ok(Command::new(repo().join("hack/mkimage.sh")).arg(c.tmp.join("image.tar")));
-        let mut up = Command::new(repo().join("hack/containerd-up.sh"));
-        up.arg(&c.dir);
-        // E2E_GO_SHIM=1 runs the same test against the system (Go) shim, for comparison.
-        if std::env::var("E2E_GO_SHIM").is_err() {
-            up.arg(&shim_dir);
-        }
-        run_ok(&mut up);
+        run_ok(&mut c.up());
         run_ok(&mut c.ctr(&["images", "import", c.tmp.join("image.tar").to_str().unwrap()]));
         c
+    }
+
+    /// hack/containerd-up.sh for this instance's dir, version and shim.
+    fn up(&self) -> Command {
+        let mut up = Command::new(repo().join("hack/containerd-up.sh"));
+        up.arg(&self.dir).env("CONTAINERD_VERSION", self.setup.version.key());
+        if !self.setup.go_shim {
+            up.arg(shim_binary().parent().unwrap());
+        }
+        up
+    }
+
+    pub fn version(&self) -> Version {
+        self.setup.version
+    }
+
+    /// The shim binary containerd runs for this instance (ours, or the version's Go shim).
+    pub fn shim_exe(&self) -> PathBuf {
+        if self.setup.go_shim {
+            self.setup.version.bin_dir().join("containerd-shim-runc-v2").canonicalize().unwrap()
+        } else {
+            shim_binary().canonicalize().unwrap()
+        }
     }
 
     pub fn socket(&self) -> String {
@@ -56,7 +171,8 @@ impl Containerd {
     /// `ctr` against this containerd in namespace NS, bounded by `timeout`.
     pub fn ctr(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "5", "120", "ctr", "-a", &self.socket(), "-n", NS]).args(args).stdin(Stdio::null());
+        cmd.args(["-k", "5", "120"]).arg(&self.ctr_bin).args(["-a", &self.socket(), "-n", NS]).args(args);
+        cmd.stdin(Stdio::null());
         cmd
     }
 
@@ -82,7 +198,7 @@ impl Containerd {
 
     /// `ctr events` for this containerd, written to `log` until the child is killed.
     pub fn subscribe_events(&self, log: &Path) -> std::process::Child {
-        let child = Command::new("ctr")
+        let child = Command::new(&self.ctr_bin)
             .args(["-a", &self.socket(), "events"])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(log).unwrap())
@@ -166,12 +282,7 @@ impl Containerd {
 
     /// Starts containerd again on the same dir (after it died); images and state are kept.
     pub fn restart(&self) {
-        let mut up = Command::new(repo().join("hack/containerd-up.sh"));
-        up.arg(&self.dir);
-        if std::env::var("E2E_GO_SHIM").is_err() {
-            up.arg(shim_binary().parent().unwrap());
-        }
-        run_ok(&mut up);
+        run_ok(&mut self.up());
     }
 
     /// containerd's log so far.

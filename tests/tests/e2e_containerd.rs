@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shim_tests::containerd::{cpu_ns, run_ok, Containerd, IMAGE, NS};
-use shim_tests::{mounts_under, shim_binary};
+use shim_tests::mounts_under;
 
 #[test]
 fn ctr_run_exit_codes_kill_exec_storm_and_cleanup() {
@@ -43,9 +43,7 @@ fn ctr_run_exit_codes_kill_exec_storm_and_cleanup() {
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim for one container: {shims:?}");
     let exe = std::fs::read_link(format!("/proc/{}/exe", shims[0])).unwrap();
-    if std::env::var("E2E_GO_SHIM").is_err() {
-        assert_eq!(exe, shim_binary().canonicalize().unwrap(), "containerd must run our shim");
-    }
+    assert_eq!(exe, c.shim_exe(), "containerd must run the chosen shim");
     run_ok(&mut c.ctr(&["tasks", "kill", "-s", "SIGKILL", "t-kill"]));
     assert_eq!(child.wait().unwrap().code(), Some(137));
 
@@ -145,7 +143,7 @@ impl PtyCtr {
         let pty = nix::pty::openpty(Some(&ws), None).unwrap();
         let slave_path = nix::unistd::ttyname(&pty.slave).unwrap();
         let mut cmd = Command::new("setsid");
-        cmd.args(["-c", "timeout", "-k", "5", "120", "ctr", "-a", &c.socket(), "-n", NS]).args(args);
+        cmd.args(["-c", "timeout", "-k", "5", "120"]).arg(&c.ctr_bin).args(["-a", &c.socket(), "-n", NS]).args(args);
         cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
             .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
             .stderr(Stdio::from(pty.slave));

@@ -180,3 +180,55 @@ async fn exec_delete_does_not_hang_on_background_child() {
     shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+/// Issue 15 item 11: ctr 1.7 and 2.x close their fifo readers as soon as DeleteProcess
+/// answers (containerd 82ec62b86: `cio.Cancel` closes the pipes), so an exec's Delete must not
+/// answer while its output still sits unread in the client's fifo. The client here reads as ctr
+/// does (a blocking reader that opened the fifo before the exec), only slowly, and records how
+/// much it had read when Delete answered: all of it, or ctr would have lost the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_delete_answers_after_the_client_read_all_output() {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let env = TestEnv::new().await;
+    let id = "io-unread";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    shim.client.create(ctx(), &env.create_request(id, &bundle)).await.unwrap();
+    shim.client.start(ctx(), &start(id, "")).await.unwrap();
+    const SIZE: usize = 64 * 1024;
+    let fifo = env.fifo("unread-out");
+    let read = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (fifo, read) = (fifo.clone(), Arc::clone(&read));
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::open(&fifo).unwrap();
+            let mut out = Vec::new();
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = f.read(&mut buf).unwrap();
+                if n == 0 {
+                    return out;
+                }
+                out.extend_from_slice(&buf[..n]);
+                read.fetch_add(n, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let mut req = exec_req(id, "big", &["sh", "-c", &format!("yes big | head -c {SIZE}")]);
+    req.stdout = fifo.display().to_string();
+    shim.client.exec(ctx(), &req).await.unwrap();
+    shim.client.start(ctx(), &start(id, "big")).await.unwrap();
+    assert_eq!(shim.client.wait(ctx(), &wait(id, "big")).await.unwrap().exit_status, 0);
+    shim.client.delete(ctx(), &delete(id, "big")).await.unwrap();
+    let at_delete = read.load(Ordering::SeqCst);
+    let out = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
+    assert_eq!(out.len(), SIZE, "the shim wrote all of it");
+    assert_eq!(at_delete, SIZE, "Delete answered with {} of {SIZE} bytes still unread in the fifo", SIZE - at_delete);
+    shim.client.kill(ctx(), &shim_tests::req::kill(id, "", 9)).await.unwrap();
+    shim.client.wait(ctx(), &wait(id, "")).await.unwrap();
+    shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
+    let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
