@@ -34,7 +34,7 @@ import time
 CACHE = os.environ.get("SHIM_DEPS_DIR", "/var/cache/shim-runc-rs")
 PEERS = [
     ("go-2.1", f"{CACHE}/containerd/2/usr/bin/containerd-shim-runc-v2"),
-    ("rust-ext-0.2.0", f"{CACHE}/peers/containerd-runc-shim-0.2.0/bin/containerd-shim-runc-v2"),
+    ("rust-ext-0.2.0", f"{CACHE}/peers/containerd-runc-shim-0.2.0/bin/containerd-shim-runc-v2-rs"),
 ]
 HISTORICAL = [("go-1.6", f"{CACHE}/containerd/1.6/usr/bin/containerd-shim-runc-v2")]
 BUDGET_STATS_US = 100

@@ -12,7 +12,7 @@ set -euo pipefail
 CACHE=${SHIM_DEPS_DIR:-/var/cache/shim-runc-rs}
 PEER=$CACHE/peers/containerd-runc-shim-0.2.0
 
-if [[ ! -x $PEER/bin/containerd-shim-runc-v2 ]]; then
+if [[ ! -x $PEER/bin/containerd-shim-runc-v2-rs ]]; then
 	echo "install-peers: building containerd-runc-shim 0.2.0 into $PEER (minutes)" >&2
 	rm -rf "$PEER.tmp"
 	mkdir -p "$(dirname "$PEER")"

@@ -104,6 +104,15 @@ fn schedstat_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// (utime, stime) of `pid` (all its threads), in nanoseconds.
+fn user_sys_ns(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    let get = |i: usize| f.get(i).copied().unwrap_or(0) * (1_000_000_000 / 100);
+    (get(11), get(12))
+}
+
 /// (own utime+stime, reaped children's cutime+cstime) of `pid`, in nanoseconds.
 fn stat_cpu_ns(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -228,11 +237,19 @@ impl Target {
     }
 
     async fn stop(self) {
-        let Target { env, client, id, .. } = self;
+        let Target { env, client, id, pid, .. } = self;
         let _ = client.kill(ctx(), &req::kill(&id, "", 9)).await;
         let _ = client.wait(ctx(), &req::wait(&id, "")).await;
         let _ = client.delete(ctx(), &req::delete(&id, "")).await;
         let _ = client.shutdown(ctx(), &req::id_req::<api::ShutdownRequest>(|r| r.id.clone_from(&id))).await;
+        // Let the shim exit on its own (a profiler wrapping it writes its data then); the
+        // environment kills what is left.
+        for _ in 0..300 {
+            if !shim_tests::alive(pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         drop(env);
     }
 }
@@ -356,13 +373,17 @@ async fn exec(args: &[String]) -> serde_json::Value {
     run_cycles(&t, "w", inflight.min(warmup), warmup, 0, |_| {}).await;
     let threads_before = threads(t.pid);
     let (cpu0, (_, child0), wall0) = (schedstat_ns(t.pid), stat_cpu_ns(t.pid), Instant::now());
+    let (user0, sys0) = user_sys_ns(t.pid);
     let lat = run_cycles(&t, "e", inflight, total, 0, |_| {}).await;
     let wall = wall0.elapsed();
     let (cpu1, (_, child1)) = (schedstat_ns(t.pid), stat_cpu_ns(t.pid));
+    let (user1, sys1) = user_sys_ns(t.pid);
     let mut out = serde_json::json!({
         "mode": "exec", "inflight": inflight, "total": total,
         "shim_cpu_ms_per_exec": (cpu1 - cpu0) as f64 / total as f64 / 1e6,
         "runtime_cpu_ms_per_exec": (child1 - child0) as f64 / total as f64 / 1e6,
+        "shim_user_ms_per_exec": (user1 - user0) as f64 / total as f64 / 1e6,
+        "shim_sys_ms_per_exec": (sys1 - sys0) as f64 / total as f64 / 1e6,
         "execs_per_s": total as f64 / wall.as_secs_f64(),
         "threads_before": threads_before, "threads_after": threads(t.pid), "fds": fds(t.pid),
         "rss_bytes": memory(t.pid).get("Rss").copied().unwrap_or(0),
