@@ -586,18 +586,33 @@ fn main() {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let out = rt.block_on(async {
-        match mode.as_str() {
-            "stats" => stats(&args).await,
-            "exec" => exec(&args).await,
-            "runc" => runc(&args).await,
-            "soak" => soak(&args).await,
-            "idle" => idle(&args).await,
-            other => {
-                eprintln!("shim-load: unknown mode {other}");
-                std::process::exit(2);
+        let run = async {
+            match mode.as_str() {
+                "stats" => stats(&args).await,
+                "exec" => exec(&args).await,
+                "runc" => runc(&args).await,
+                "soak" => soak(&args).await,
+                "idle" => idle(&args).await,
+                other => {
+                    eprintln!("shim-load: unknown mode {other}");
+                    std::process::exit(2);
+                }
             }
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).unwrap();
+        tokio::select! {
+            out = run => Some(out),
+            // Dropping the run drops its TestEnv: shims killed, containers deleted, dirs removed.
+            _ = term.recv() => None,
+            _ = int.recv() => None,
         }
+        .map_or_else(|| serde_json::json!({"interrupted": true}), |v| v)
     });
+    if out.get("interrupted").is_some() {
+        eprintln!("shim-load: interrupted, cleaned up");
+        std::process::exit(130);
+    }
     let mut out = out;
     merge(&mut out, serde_json::json!({"shim": shim_tests::shim_binary().display().to_string()}));
     println!("{out}");
