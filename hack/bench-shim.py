@@ -126,7 +126,7 @@ def main():
             total = max(int(os.environ.get("BENCH_SHIM_TOTAL", "200")), 5 * n)
             runs = {name: [] for name, _ in contestants + [("runc", "")]}
             for rep in range(reps):
-                for name, shim in rotated(rep, contestants + [("runc", args.ours)]):
+                for name, shim in rotated(rep, contestants + [("runc", os.path.realpath(args.ours))]):
                     mode = "runc" if name == "runc" else "exec"
                     runs[name].append(load(args, shim, mode, "--inflight", n, "--total", total))
             res["exec"][n] = {}
