@@ -95,13 +95,15 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Nanoseconds on CPU of every live thread of `pid`.
+/// Nanoseconds on CPU of `pid`: the sum over its live threads' schedstat, or its utime+stime
+/// when larger (that also counts threads that have exited, such as tokio's idle blocking pool).
 fn schedstat_ns(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
+    let live: u64 = tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+        .sum();
+    live.max(stat_cpu_ns(pid).0)
 }
 
 /// (utime, stime) of `pid` (all its threads), in nanoseconds.
@@ -271,7 +273,7 @@ async fn stats(args: &[String]) -> serde_json::Value {
     let (cpu1, wall) = (schedstat_ns(t.pid), wall0.elapsed());
     let out = serde_json::json!({
         "mode": "stats", "calls": calls, "type_url": first.stats.type_url, "metrics_bytes": bytes,
-        "shim_cpu_us_per_call": (cpu1 - cpu0) as f64 / calls as f64 / 1000.0,
+        "shim_cpu_us_per_call": cpu1.saturating_sub(cpu0) as f64 / calls as f64 / 1000.0,
         "wall_us_per_call": wall.as_secs_f64() * 1e6 / calls as f64,
         "threads": threads(t.pid), "fds": fds(t.pid),
     });
@@ -380,7 +382,7 @@ async fn exec(args: &[String]) -> serde_json::Value {
     let (user1, sys1) = user_sys_ns(t.pid);
     let mut out = serde_json::json!({
         "mode": "exec", "inflight": inflight, "total": total,
-        "shim_cpu_ms_per_exec": (cpu1 - cpu0) as f64 / total as f64 / 1e6,
+        "shim_cpu_ms_per_exec": cpu1.saturating_sub(cpu0) as f64 / total as f64 / 1e6,
         "runtime_cpu_ms_per_exec": (child1 - child0) as f64 / total as f64 / 1e6,
         "shim_user_ms_per_exec": (user1 - user0) as f64 / total as f64 / 1e6,
         "shim_sys_ms_per_exec": (sys1 - sys0) as f64 / total as f64 / 1e6,
@@ -554,8 +556,8 @@ async fn idle(args: &[String]) -> serde_json::Value {
         "pss_bytes_per_shim": mem("Pss"), "anon_bytes_per_shim": mem("Anonymous"), "rss_bytes_per_shim": mem("Rss"),
         "threads_per_shim": sum(&|p| threads(p) as u64) as f64 / k,
         "fds_per_shim": sum(&|p| fds(p) as u64) as f64 / k,
-        "idle_cpu_us_per_shim_per_min": (cpu1 - cpu0) as f64 / k / 1000.0 * 60.0 / seconds as f64,
-        "wakeups_per_shim_per_min": (sw1 - sw0) as f64 / k * 60.0 / seconds as f64,
+        "idle_cpu_us_per_shim_per_min": cpu1.saturating_sub(cpu0) as f64 / k / 1000.0 * 60.0 / seconds as f64,
+        "wakeups_per_shim_per_min": sw1.saturating_sub(sw0) as f64 / k * 60.0 / seconds as f64,
         "start_shim_cpu_ms_per_container": start_cpu_ns as f64 / n as f64 / 1e6,
         "start_wall_ms_per_container": start_wall.as_secs_f64() * 1000.0 / n as f64,
     });
