@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps build release lint test test-loom test-reference soak cri-long demo bench clean
+.PHONY: help deps build release lint test test-loom test-reference soak soak-long cri-long demo bench bench-shim bench-density clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,9 +47,27 @@ demo: deps release ## build, start a private containerd with this shim, run cont
 	$(CARGO) build -p shim-tests --bin reap-run --bin cri-demo
 	target/debug/reap-run hack/demo.sh target/release
 
-bench: deps release ## benchmark against Debian's Go shim and bare runc (BENCH_QUICK=1: smoke run; env in hack/bench.sh)
+ifndef BENCH_OUT
+BENCH_OUT := /tmp/shim-bench-$(shell date +%Y%m%d-%H%M%S)
+endif
+export BENCH_OUT
+
+bench: deps release ## both benchmarks below: through containerd (hack/bench.sh), then shim-level (bench-shim); one results dir
 	$(CARGO) build -p shim-tests --bin reap-run
 	BENCH_COMMAND="make bench" target/debug/reap-run hack/bench.sh target/release
+	$(MAKE) -s bench-shim
+
+bench-shim: release ## shim-level (ttrpc) benchmark: Stats cost, exec cycles, idle density; ours vs Go 2.1, rust-extensions 0.2.0, runc (env in hack/bench-shim.py)
+	hack/install-peers.sh
+	$(CARGO) build -p shim-tests --bin reap-run --bin shim-load
+	target/debug/reap-run hack/bench-shim.py --load target/debug/shim-load --ours target/release/containerd-shim-runc-v2 \
+		--out $(BENCH_OUT) --only $${BENCH_SHIM_ONLY:-stats,exec,density}
+
+bench-density: release ## density only: 10/50/100 idle containers (one shim each) and pods of 4 sharing a shim
+	$(MAKE) -s bench-shim BENCH_SHIM_ONLY=density
+
+soak-long: release ## 100 000 exec cycles at the ttrpc level against one shim: RSS/fds/maps slope per 10 000 execs
+	$(MAKE) -s bench-shim BENCH_SHIM_ONLY=soak
 
 clean:
 	$(CARGO) clean

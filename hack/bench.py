@@ -56,6 +56,9 @@ NCPU = os.cpu_count() or 1
 NS = "bench"
 IMAGE = "docker.io/library/shimtest:latest"
 OUT_BYTES = 65536
+# The Go shim of the containerd hack/bench.sh runs (CONTAINERD_VERSION).
+GO_LABEL = {"2": "Go shim 2.1", "1.7": "Go shim 1.7", "1.6": "Go shim 1.6"}.get(
+    os.environ.get("CONTAINERD_VERSION", "1.6"), "Go shim")
 
 
 # --------------------------------------------------------------------------
@@ -634,7 +637,7 @@ class Bench:
         os.makedirs(self.runs_dir, exist_ok=True)
         self.contestants = [Containerd("ours", "ours (Rust)", args.work, args.hack, args.shim_dir, cfg, args.image)]
         if cfg["go"]:
-            self.contestants.append(Containerd("go", "Go shim", args.work, args.hack, "", cfg, args.image))
+            self.contestants.append(Containerd("go", GO_LABEL, args.work, args.hack, "", cfg, args.image))
         if cfg["runc"]:
             self.contestants.append(RuncFloor(args.work, cfg, args.cgroup))
         self.results = {"storm": [], "output": [], "lifecycle": [], "memory": {}}
@@ -951,7 +954,7 @@ def ratio(a, b, nd=2):
 class Report:
     def __init__(self, results, cfg, meta, names):
         self.r, self.cfg, self.meta, self.names = results, cfg, meta, names
-        self.labels = {"ours": "ours", "go": "Go shim", "runc": "runc floor"}
+        self.labels = {"ours": "ours", "go": GO_LABEL, "runc": "runc floor"}
 
     def recs(self, kind, c, n=None):
         return [x for x in self.r[kind] if x["contestant"] == c and (n is None or x.get("n") == n)]

@@ -2,7 +2,8 @@
 # Usage: reap-run hack/bench.sh [SHIM_DIR]      (normally via `make bench`)
 #
 # Benchmarks our shim (SHIM_DIR/containerd-shim-runc-v2, default
-# target/release) against Debian's Go shim and bare runc, each through its own
+# target/release) against the Go shim of the same containerd (CONTAINERD_VERSION,
+# default 2 = containerd 2.1) and bare runc, each through its own
 # private containerd (hack/containerd-up.sh), round by round: exec storm, exec
 # with 64 KiB output (byte-exact check), lifecycle (ctr run --rm, sequential
 # and concurrent), shim memory (idle / 100 / K execs). Prints a markdown table
@@ -20,6 +21,7 @@
 #   BENCH_TIMEOUT=60             bound of every ctr/runc call (timeout -k 5)
 #   BENCH_STALL=15               no exec finished for this long = stalled
 #   BENCH_OUT=DIR                results directory
+#   CONTAINERD_VERSION=2         containerd, ctr and Go shim: 2 (2.1), 1.7, 1.6
 # Everything it starts (containerds, shims, runc containers, cgroups, temp
 # dirs) is removed on exit, also on failure or Ctrl-C. Run it as root under a
 # subreaper (reap-run): shims are orphaned daemons.
@@ -40,6 +42,13 @@ die() {
 SHIM_DIR=$(realpath "$SHIM_DIR")
 
 "$here/install-deps.sh"
+
+# The containerd (and its ctr and Go shim) every containerd contestant runs under:
+# CONTAINERD_VERSION=2 (default: 2.1, the current peer), 1.7 or 1.6 (Debian's, historical).
+export CONTAINERD_VERSION=${CONTAINERD_VERSION:-2}
+vfile=${SHIM_DEPS_DIR:-/var/cache/shim-runc-rs}/containerd/$CONTAINERD_VERSION.version
+[[ -s $vfile ]] || die "$vfile missing (hack/install-deps.sh)"
+export PATH="$(cut -f3 "$vfile"):$PATH"
 
 OUT=${BENCH_OUT:-/tmp/shim-bench-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"

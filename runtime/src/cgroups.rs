@@ -15,8 +15,13 @@
 //! for OOM (this module only names the files a watcher needs). No logging: errors carry paths.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use containerd_shim_protos::cgroups::metrics as v1;
 use containerd_shim_protos::cgroups_v2::metrics as v2;
@@ -177,9 +182,25 @@ pub fn is_unified(mounts: &[MountInfo]) -> bool {
 }
 
 /// The directories of a container's cgroup v1 controllers: controller name → absolute path.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Clones share the directories and the [open files](FileCache) Stats re-reads.
+#[derive(Clone, Default)]
 pub struct V1Paths {
-    dirs: BTreeMap<String, PathBuf>,
+    dirs: Arc<BTreeMap<String, PathBuf>>,
+    files: SharedFiles,
+}
+
+impl PartialEq for V1Paths {
+    fn eq(&self, other: &Self) -> bool {
+        self.dirs == other.dirs
+    }
+}
+
+impl Eq for V1Paths {}
+
+impl fmt::Debug for V1Paths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.dirs.iter()).finish()
+    }
 }
 
 impl V1Paths {
@@ -209,7 +230,57 @@ impl V1Paths {
 
 impl<C: Into<String>, P: Into<PathBuf>> FromIterator<(C, P)> for V1Paths {
     fn from_iter<I: IntoIterator<Item = (C, P)>>(iter: I) -> Self {
-        Self { dirs: iter.into_iter().map(|(c, p)| (c.into(), p.into())).collect() }
+        let dirs = iter.into_iter().map(|(c, p)| (c.into(), p.into())).collect();
+        Self { dirs: Arc::new(dirs), files: SharedFiles::default() }
+    }
+}
+
+/// A container's cgroup v2 directory. Derefs to the path; clones share the [open
+/// files](FileCache) Stats re-reads.
+#[derive(Clone)]
+pub struct V2Dir {
+    dir: Arc<Path>,
+    files: SharedFiles,
+}
+
+impl V2Dir {
+    /// The directory `dir`, with no file opened yet.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: Arc::from(dir.into()), files: SharedFiles::default() }
+    }
+}
+
+impl From<PathBuf> for V2Dir {
+    fn from(dir: PathBuf) -> Self {
+        Self::new(dir)
+    }
+}
+
+impl std::ops::Deref for V2Dir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl AsRef<Path> for V2Dir {
+    fn as_ref(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl PartialEq for V2Dir {
+    fn eq(&self, other: &Self) -> bool {
+        self.dir == other.dir
+    }
+}
+
+impl Eq for V2Dir {}
+
+impl fmt::Debug for V2Dir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.dir.fmt(f)
     }
 }
 
@@ -255,7 +326,7 @@ pub fn resolve_v1(cg: &ProcCgroup, mounts: &[MountInfo]) -> Result<V1Paths, Malf
             dirs.insert(controller.clone(), join_under(mount, path)?);
         }
     }
-    Ok(V1Paths { dirs })
+    Ok(V1Paths { dirs: Arc::new(dirs), files: SharedFiles::default() })
 }
 
 /// Resolves the unified path of `cg` under the cgroup2 mount (preferring `/sys/fs/cgroup`).
@@ -275,7 +346,7 @@ pub enum ContainerCgroup {
     /// Legacy or hybrid host: one directory per v1 controller.
     V1(V1Paths),
     /// Unified host: the container's cgroup2 directory.
-    V2(PathBuf),
+    V2(V2Dir),
 }
 
 impl ContainerCgroup {
@@ -303,7 +374,7 @@ impl ContainerCgroup {
         let mounts = parse_mountinfo(mountinfo);
         let cg = parse_proc_cgroup(proc_cgroup)?;
         if is_unified(&mounts) {
-            return resolve_v2(&cg, &mounts).map(Self::V2);
+            return resolve_v2(&cg, &mounts).map(|dir| Self::V2(dir.into()));
         }
         let paths = resolve_v1(&cg, &mounts)?;
         if paths.is_empty() {
@@ -320,7 +391,8 @@ impl ContainerCgroup {
         }
     }
 
-    /// The container's metrics as the `Any` containerd's Stats reply carries.
+    /// The container's metrics as the `Any` containerd's Stats reply carries. The first call
+    /// opens the files; later ones (from any clone) re-read them.
     pub fn stats(&self) -> Result<Any, CgroupError> {
         let (type_url, encoded) = match self {
             Self::V1(paths) => (V1_METRICS_TYPE_URL, v1_metrics(paths)?.write_to_bytes()),
@@ -343,17 +415,147 @@ fn read_required(path: &Path) -> Result<String, CgroupError> {
     std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_owned(), source })
 }
 
-/// Reads a file; `None` when it does not exist (containerd's `IgnoreNotExist`).
-fn read_opt(path: &Path) -> Result<Option<String>, CgroupError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CgroupError::Read { path: path.to_owned(), source }),
+/// The [`FileCache`] of one cgroup, shared by the clones of its [`ContainerCgroup`].
+#[derive(Clone, Default)]
+struct SharedFiles(Arc<Mutex<FileCache>>);
+
+impl SharedFiles {
+    fn lock(&self) -> MutexGuard<'_, FileCache> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-fn at<T>(path: &Path, r: Result<T, Malformed>) -> Result<T, CgroupError> {
-    r.map_err(|source| CgroupError::Parse { path: path.to_owned(), source })
+/// The files Stats reads, each opened at its first read and re-read with `pread` afterwards:
+/// no path walk, open or close per call (containerd's Go shim and the first version of this one
+/// spent most of a Stats call there). kernfs regenerates a file's content on a read at offset
+/// 0, so a re-read is as fresh as a new open. A file that did not exist at its first read is
+/// remembered as missing (the kernel creates all of a controller's files at mkdir), and so is
+/// one whose cgroup has been removed since (`ENODEV`). Content goes into one reused buffer.
+#[derive(Default)]
+struct FileCache {
+    /// Path → open file, or `None` for a file that does not exist; in first-read order.
+    files: Vec<(PathBuf, Option<File>)>,
+    /// Where the next lookup starts: reads come in the same order on every call.
+    next: usize,
+    /// Calls so far; every [`RECHECK_MISSING`]th one looks for missing files again.
+    calls: u64,
+    buf: Vec<u8>,
+    host: Option<Arc<HostInfo>>,
+}
+
+/// Whether `path` is `dir/name`, compared without building it.
+fn is_path(path: &Path, dir: &Path, name: &str) -> bool {
+    let (p, d) = (path.as_os_str().as_bytes(), dir.as_os_str().as_bytes());
+    let d = d.strip_suffix(b"/").unwrap_or(d);
+    p.len() == d.len() + 1 + name.len() && p.starts_with(d) && p[d.len()] == b'/' && p.ends_with(name.as_bytes())
+}
+
+/// Reads the whole file from offset 0 into `buf` (grown as needed) and returns its length. A
+/// short read is the end: kernfs produces a cgroup file as one record, so a read returns all of
+/// it that fits, and regular files are short only at the end; that saves a second `pread` per
+/// file.
+fn pread_all(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.is_empty() {
+        buf.resize(16 * 1024, 0);
+    }
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let want = buf.len() - len;
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => return Ok(len),
+            Ok(n) => {
+                len += n;
+                if n < want {
+                    return Ok(len);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How often (in Stats calls) files remembered as missing are looked for again: a v2
+/// controller enabled after the container started (its parent's `cgroup.subtree_control`) adds
+/// its files to the existing directory.
+const RECHECK_MISSING: u64 = 64;
+
+impl FileCache {
+    /// Starts one Stats call.
+    fn begin(&mut self) {
+        self.calls += 1;
+    }
+
+    /// Block device names and huge page sizes, read at the first Stats.
+    fn host(&mut self) -> Arc<HostInfo> {
+        self.host.get_or_insert_with(|| Arc::new(HostInfo::read())).clone()
+    }
+
+    /// The index of `dir/name` in `files`, opening it on first use.
+    fn slot(&mut self, dir: &Path, name: &str) -> Result<usize, CgroupError> {
+        let n = self.files.len();
+        let found = (0..n).map(|k| (self.next + k) % n).find(|&i| is_path(&self.files[i].0, dir, name));
+        let recheck = self.calls.is_multiple_of(RECHECK_MISSING);
+        let i = match found {
+            Some(i) if recheck && self.files[i].1.is_none() => {
+                let path = &self.files[i].0;
+                match File::open(path) {
+                    Ok(file) => self.files[i].1 = Some(file),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(CgroupError::Read { path: path.clone(), source }),
+                }
+                i
+            }
+            Some(i) => i,
+            None => {
+                let path = dir.join(name);
+                let file = match File::open(&path) {
+                    Ok(f) => Some(f),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(source) => return Err(CgroupError::Read { path, source }),
+                };
+                self.files.push((path, file));
+                n
+            }
+        };
+        self.next = i + 1;
+        Ok(i)
+    }
+
+    /// Whether `dir/name` exists.
+    fn exists(&mut self, dir: &Path, name: &str) -> Result<bool, CgroupError> {
+        let i = self.slot(dir, name)?;
+        Ok(self.files[i].1.is_some())
+    }
+
+    /// The content of `dir/name`; `None` when it does not exist (containerd's
+    /// `IgnoreNotExist`). Valid until the next read.
+    fn read(&mut self, dir: &Path, name: &str) -> Result<Option<&str>, CgroupError> {
+        let i = self.slot(dir, name)?;
+        let Self { files, buf, .. } = self;
+        let (path, slot) = &mut files[i];
+        let Some(file) = slot.as_ref() else { return Ok(None) };
+        let len = match pread_all(file, buf) {
+            Ok(len) => len,
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) || e.kind() == io::ErrorKind::NotFound => {
+                *slot = None;
+                return Ok(None);
+            }
+            Err(source) => return Err(CgroupError::Read { path: path.clone(), source }),
+        };
+        match std::str::from_utf8(&buf[..len]) {
+            Ok(text) => Ok(Some(text)),
+            Err(_) => Err(CgroupError::Parse { path: path.clone(), source: Malformed("not UTF-8".into()) }),
+        }
+    }
+}
+
+/// Names `dir/file` in a parse error (built only on failure).
+fn at<T>(dir: &Path, file: &str, r: Result<T, Malformed>) -> Result<T, CgroupError> {
+    r.map_err(|source| CgroupError::Parse { path: dir.join(file), source })
 }
 
 /// containerd's `parseUint`: a decimal u64; negative values (in or out of i64 range) read as 0.
@@ -365,55 +567,72 @@ fn parse_uint(s: &str) -> Option<u64> {
     (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(0)
 }
 
-/// Parses `key value` lines (memory.stat, cpu.stat, memory.events...); blank lines are skipped.
-fn parse_kv(content: &str) -> Result<HashMap<String, u64>, Malformed> {
-    let mut out = HashMap::new();
+/// Parses `key value` lines (memory.stat, cpu.stat, memory.events...), handing each pair to
+/// `set`; blank lines are skipped. Nothing is allocated.
+fn for_each_kv(content: &str, mut set: impl FnMut(&str, u64)) -> Result<(), Malformed> {
     for line in content.lines().filter(|l| !l.trim().is_empty()) {
         let mut fields = line.split_whitespace();
         let (Some(key), Some(value), None) = (fields.next(), fields.next(), fields.next()) else {
             return Err(malformed("expected `key value`", line));
         };
-        out.insert(key.to_owned(), parse_uint(value).ok_or_else(|| malformed("not a number", line))?);
+        set(key, parse_uint(value).ok_or_else(|| malformed("not a number", line))?);
     }
-    Ok(out)
+    Ok(())
 }
 
-/// A missing key reads as 0, as containerd's map lookups do.
-fn get(kv: &HashMap<String, u64>, key: &str) -> u64 {
-    kv.get(key).copied().unwrap_or(0)
+/// Reads a key-value file into `set`; false when the file is missing.
+fn read_kv(f: &mut FileCache, dir: &Path, file: &str, set: impl FnMut(&str, u64)) -> Result<bool, CgroupError> {
+    let Some(text) = f.read(dir, file)? else { return Ok(false) };
+    at(dir, file, for_each_kv(text, set))?;
+    Ok(true)
 }
 
-/// Reads a key-value file; `None` when missing.
-fn read_kv(dir: &Path, file: &str) -> Result<Option<HashMap<String, u64>>, CgroupError> {
-    let path = dir.join(file);
-    let Some(text) = read_opt(&path)? else { return Ok(None) };
-    at(&path, parse_kv(&text)).map(Some)
-}
-
-/// Copies the kernel's `key value` entries into the protobuf fields of the same name.
-macro_rules! copy_fields {
-    ($kv:expr => $msg:expr; $($field:ident),+ $(,)?) => {
-        $( $msg.$field = get(&$kv, stringify!($field)); )+
+/// Sets the protobuf field named as the kernel's key (keys with no field are ignored; a
+/// missing key leaves 0, as containerd's map lookups do).
+macro_rules! set_field {
+    ($msg:expr, $key:expr, $value:expr; $($field:ident),+ $(,)?) => {
+        match $key {
+            $( stringify!($field) => $msg.$field = $value, )+
+            _ => {}
+        }
     };
 }
 
 /// Reads a single-value file, `max` standing for `max`; `None` when missing.
-fn read_value(dir: &Path, file: &str, max: u64) -> Result<Option<u64>, CgroupError> {
-    let path = dir.join(file);
-    let Some(text) = read_opt(&path)? else { return Ok(None) };
+fn read_value(f: &mut FileCache, dir: &Path, file: &str, max: u64) -> Result<Option<u64>, CgroupError> {
+    let Some(text) = f.read(dir, file)? else { return Ok(None) };
     let trimmed = text.trim();
     let value = if trimmed == "max" { Some(max) } else { parse_uint(trimmed) };
-    at(&path, value.ok_or_else(|| malformed("not a number", trimmed))).map(Some)
+    at(dir, file, value.ok_or_else(|| malformed("not a number", trimmed))).map(Some)
 }
 
 /// cgroup v1 `readUint`: `max` reads as 0.
-fn v1_uint(dir: &Path, file: &str) -> Result<Option<u64>, CgroupError> {
-    read_value(dir, file, 0)
+fn v1_uint(f: &mut FileCache, dir: &Path, file: &str) -> Result<Option<u64>, CgroupError> {
+    read_value(f, dir, file, 0)
 }
 
 /// cgroup v2 `getStatFileContentUint64`: `max` reads as `u64::MAX`, a missing file as 0.
-fn v2_uint(dir: &Path, file: &str) -> Result<u64, CgroupError> {
-    Ok(read_value(dir, file, u64::MAX)?.unwrap_or(0))
+fn v2_uint(f: &mut FileCache, dir: &Path, file: &str) -> Result<u64, CgroupError> {
+    Ok(read_value(f, dir, file, u64::MAX)?.unwrap_or(0))
+}
+
+/// A huge page size and the names of its hugetlb files, built once.
+#[derive(Debug)]
+struct HugePage {
+    /// `2MB`, `1GB`: the name the hugetlb controller uses.
+    size: String,
+    /// v1: usage_in_bytes, max_usage_in_bytes, failcnt; v2: current, max, events.
+    files: [String; 6],
+}
+
+impl HugePage {
+    fn new(size: &str) -> Self {
+        let file = |name: &str| format!("hugetlb.{size}.{name}");
+        Self {
+            size: size.to_owned(),
+            files: ["usage_in_bytes", "max_usage_in_bytes", "failcnt", "current", "max", "events"].map(file),
+        }
+    }
 }
 
 /// What the metrics need from the host rather than the cgroup: block device names
@@ -421,7 +640,7 @@ fn v2_uint(dir: &Path, file: &str) -> Result<u64, CgroupError> {
 #[derive(Debug, Default)]
 struct HostInfo {
     devices: HashMap<(u64, u64), String>,
-    hugepage_sizes: Vec<String>,
+    hugepages: Vec<HugePage>,
 }
 
 impl HostInfo {
@@ -432,7 +651,8 @@ impl HostInfo {
             .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
             .unwrap_or_default();
         names.sort();
-        Self { devices, hugepage_sizes: names.iter().filter_map(|n| hugepage_size(n)).collect() }
+        let hugepages = names.iter().filter_map(|n| hugepage_size(n)).map(|s| HugePage::new(&s)).collect();
+        Self { devices, hugepages }
     }
 }
 
@@ -484,176 +704,221 @@ fn parse_rdma(content: &str) -> Vec<(String, u32, u32)> {
 /// Reads the v1 metrics of a container from its controller directories (containerd's
 /// `cgroup1.Stat(IgnoreNotExist)`). Controllers that are absent or have lost files are skipped.
 pub fn v1_metrics(dirs: &V1Paths) -> Result<v1::Metrics, CgroupError> {
-    v1_metrics_on(dirs, &HostInfo::read())
+    v1_metrics_with(dirs, &mut dirs.files.lock())
 }
 
-fn v1_metrics_on(dirs: &V1Paths, host: &HostInfo) -> Result<v1::Metrics, CgroupError> {
+fn v1_metrics_with(dirs: &V1Paths, f: &mut FileCache) -> Result<v1::Metrics, CgroupError> {
+    f.begin();
+    let host = f.host();
     let mut m = v1::Metrics::new();
     let mut cpu = v1::CPUStat::new();
-    cpu.usage = MessageField::some(v1_cpu_usage(dirs.get("cpuacct"))?);
-    cpu.throttling = MessageField::some(v1_throttling(dirs.get("cpu"))?);
+    cpu.usage = MessageField::some(v1_cpu_usage(f, dirs.get("cpuacct"))?);
+    cpu.throttling = MessageField::some(v1_throttling(f, dirs.get("cpu"))?);
     m.cpu = MessageField::some(cpu);
     if let Some(dir) = dirs.get("pids") {
-        m.pids = v1_uint(dir, "pids.current")?
-            .map(|current| -> Result<_, CgroupError> {
-                let mut p = v1::PidsStat::new();
-                p.current = current;
-                p.limit = v1_uint(dir, "pids.max")?.unwrap_or(0);
-                Ok(p)
-            })
-            .transpose()?
-            .into();
+        if let Some(current) = v1_uint(f, dir, "pids.current")? {
+            let mut p = v1::PidsStat::new();
+            p.current = current;
+            p.limit = v1_uint(f, dir, "pids.max")?.unwrap_or(0);
+            m.pids = MessageField::some(p);
+        }
     }
     if let Some(dir) = dirs.get("memory") {
-        v1_memory(dir, &mut m)?;
+        v1_memory(f, dir, &mut m)?;
     }
     if let Some(dir) = dirs.get("blkio") {
-        m.blkio = MessageField::some(v1_blkio(dir, &host.devices)?);
+        m.blkio = MessageField::some(v1_blkio(f, dir, &host.devices)?);
     }
     if let Some(dir) = dirs.get("hugetlb") {
-        for size in &host.hugepage_sizes {
-            let file = |name: &str| format!("hugetlb.{size}.{name}");
-            let Some(usage) = v1_uint(dir, &file("usage_in_bytes"))? else { continue };
+        for page in &host.hugepages {
+            let [usage, max, failcnt, ..] = &page.files;
+            let Some(usage) = v1_uint(f, dir, usage)? else { continue };
             let mut h = v1::HugetlbStat::new();
-            h.pagesize.clone_from(size);
+            h.pagesize.clone_from(&page.size);
             h.usage = usage;
-            h.max = v1_uint(dir, &file("max_usage_in_bytes"))?.unwrap_or(0);
-            h.failcnt = v1_uint(dir, &file("failcnt"))?.unwrap_or(0);
+            h.max = v1_uint(f, dir, max)?.unwrap_or(0);
+            h.failcnt = v1_uint(f, dir, failcnt)?.unwrap_or(0);
             m.hugetlb.push(h);
         }
     }
     if let Some(dir) = dirs.get("rdma") {
-        m.rdma = v1_rdma(dir)?.into();
+        m.rdma = v1_rdma(f, dir)?.into();
     }
     Ok(m)
 }
 
-fn v1_cpu_usage(dir: Option<&Path>) -> Result<v1::CPUUsage, CgroupError> {
+fn v1_cpu_usage(f: &mut FileCache, dir: Option<&Path>) -> Result<v1::CPUUsage, CgroupError> {
     let mut usage = v1::CPUUsage::new();
     let Some(dir) = dir else { return Ok(usage) };
-    if let Some(kv) = read_kv(dir, "cpuacct.stat")? {
-        let ticks = |key: &str| {
-            let v = kv.get(key).copied().ok_or_else(|| malformed("missing field", key));
-            at(&dir.join("cpuacct.stat"), v).map(|t| t.saturating_mul(NANOS_PER_SEC) / CLOCK_TICKS)
+    let (mut user, mut system) = (None, None);
+    let found = read_kv(f, dir, "cpuacct.stat", |k, v| match k {
+        "user" => user = Some(v),
+        "system" => system = Some(v),
+        _ => {}
+    })?;
+    if found {
+        let ticks = |v: Option<u64>, key: &str| {
+            let v = at(dir, "cpuacct.stat", v.ok_or_else(|| malformed("missing field", key)))?;
+            Ok::<_, CgroupError>(v.saturating_mul(NANOS_PER_SEC) / CLOCK_TICKS)
         };
-        usage.user = ticks("user")?;
-        usage.kernel = ticks("system")?;
+        usage.user = ticks(user, "user")?;
+        usage.kernel = ticks(system, "system")?;
     }
-    usage.total = v1_uint(dir, "cpuacct.usage")?.unwrap_or(0);
-    let percpu = dir.join("cpuacct.usage_percpu");
-    if let Some(text) = read_opt(&percpu)? {
+    usage.total = v1_uint(f, dir, "cpuacct.usage")?.unwrap_or(0);
+    if let Some(text) = f.read(dir, "cpuacct.usage_percpu")? {
         let values = text.split_whitespace().map(|v| v.parse::<u64>().map_err(|_| malformed("not a number", v)));
-        usage.per_cpu = at(&percpu, values.collect())?;
+        usage.per_cpu = at(dir, "cpuacct.usage_percpu", values.collect())?;
     }
     Ok(usage)
 }
 
-fn v1_throttling(dir: Option<&Path>) -> Result<v1::Throttle, CgroupError> {
+fn v1_throttling(f: &mut FileCache, dir: Option<&Path>) -> Result<v1::Throttle, CgroupError> {
     let mut t = v1::Throttle::new();
-    if let Some(kv) = dir.map(|d| read_kv(d, "cpu.stat")).transpose()?.flatten() {
-        (t.periods, t.throttled_periods) = (get(&kv, "nr_periods"), get(&kv, "nr_throttled"));
-        t.throttled_time = get(&kv, "throttled_time");
+    if let Some(dir) = dir {
+        read_kv(f, dir, "cpu.stat", |k, v| match k {
+            "nr_periods" => t.periods = v,
+            "nr_throttled" => t.throttled_periods = v,
+            "throttled_time" => t.throttled_time = v,
+            _ => {}
+        })?;
     }
     Ok(t)
 }
 
 /// Memory: present once `memory.stat` is readable, as in containerd.
-fn v1_memory(dir: &Path, m: &mut v1::Metrics) -> Result<(), CgroupError> {
-    let stat_path = dir.join("memory.stat");
-    let Some(text) = read_opt(&stat_path)? else { return Ok(()) };
-    let kv = at(&stat_path, parse_kv(&text))?;
+fn v1_memory(f: &mut FileCache, dir: &Path, m: &mut v1::Metrics) -> Result<(), CgroupError> {
     let mut s = v1::MemoryStat::new();
-    copy_fields!(kv => s; cache, rss, rss_huge, mapped_file, dirty, writeback, inactive_anon, active_anon,
-        inactive_file, active_file, unevictable, hierarchical_memory_limit, total_cache, total_rss,
-        total_rss_huge, total_mapped_file, total_dirty, total_writeback, total_inactive_anon,
-        total_active_anon, total_inactive_file, total_active_file, total_unevictable);
-    let g = |k: &str| get(&kv, k);
-    (s.pg_pg_in, s.pg_pg_out, s.pg_fault, s.pg_maj_fault) = (g("pgpgin"), g("pgpgout"), g("pgfault"), g("pgmajfault"));
-    (s.total_pg_pg_in, s.total_pg_pg_out) = (g("total_pgpgin"), g("total_pgpgout"));
-    (s.total_pg_fault, s.total_pg_maj_fault) = (g("total_pgfault"), g("total_pgmajfault"));
-    s.hierarchical_swap_limit = g("hierarchical_memsw_limit");
-    s.usage = MessageField::some(v1_memory_entry(dir, "memory.")?);
-    s.swap = MessageField::some(v1_memory_entry(dir, "memory.memsw.")?);
-    s.kernel = MessageField::some(v1_memory_entry(dir, "memory.kmem.")?);
-    s.kernel_tcp = MessageField::some(v1_memory_entry(dir, "memory.kmem.tcp.")?);
+    let found = read_kv(f, dir, "memory.stat", |k, v| match k {
+        "pgpgin" => s.pg_pg_in = v,
+        "pgpgout" => s.pg_pg_out = v,
+        "pgfault" => s.pg_fault = v,
+        "pgmajfault" => s.pg_maj_fault = v,
+        "total_pgpgin" => s.total_pg_pg_in = v,
+        "total_pgpgout" => s.total_pg_pg_out = v,
+        "total_pgfault" => s.total_pg_fault = v,
+        "total_pgmajfault" => s.total_pg_maj_fault = v,
+        "hierarchical_memsw_limit" => s.hierarchical_swap_limit = v,
+        k => set_field!(s, k, v; cache, rss, rss_huge, mapped_file, dirty, writeback, inactive_anon,
+            active_anon, inactive_file, active_file, unevictable, hierarchical_memory_limit, total_cache,
+            total_rss, total_rss_huge, total_mapped_file, total_dirty, total_writeback, total_inactive_anon,
+            total_active_anon, total_inactive_file, total_active_file, total_unevictable),
+    })?;
+    if !found {
+        return Ok(());
+    }
+    let [usage, swap, kernel, tcp] = &V1_MEMORY_ENTRY_FILES;
+    s.usage = MessageField::some(v1_memory_entry(f, dir, usage)?);
+    s.swap = MessageField::some(v1_memory_entry(f, dir, swap)?);
+    s.kernel = MessageField::some(v1_memory_entry(f, dir, kernel)?);
+    s.kernel_tcp = MessageField::some(v1_memory_entry(f, dir, tcp)?);
     m.memory = MessageField::some(s);
-    if let Some(kv) = read_kv(dir, "memory.oom_control")? {
-        let mut oom = v1::MemoryOomControl::new();
-        copy_fields!(kv => oom; oom_kill_disable, under_oom, oom_kill);
+    let mut oom = v1::MemoryOomControl::new();
+    if read_kv(f, dir, "memory.oom_control", |k, v| set_field!(oom, k, v; oom_kill_disable, under_oom, oom_kill))? {
         m.memory_oom_control = MessageField::some(oom);
     }
     Ok(())
 }
 
-fn v1_memory_entry(dir: &Path, prefix: &str) -> Result<v1::MemoryEntry, CgroupError> {
-    let read = |name: &str| Ok::<_, CgroupError>(v1_uint(dir, &format!("{prefix}{name}"))?.unwrap_or(0));
+/// usage, max usage, failcnt and limit of memory, memory+swap, kernel and kernel TCP memory.
+const V1_MEMORY_ENTRY_FILES: [[&str; 4]; 4] = [
+    ["memory.usage_in_bytes", "memory.max_usage_in_bytes", "memory.failcnt", "memory.limit_in_bytes"],
+    [
+        "memory.memsw.usage_in_bytes",
+        "memory.memsw.max_usage_in_bytes",
+        "memory.memsw.failcnt",
+        "memory.memsw.limit_in_bytes",
+    ],
+    [
+        "memory.kmem.usage_in_bytes",
+        "memory.kmem.max_usage_in_bytes",
+        "memory.kmem.failcnt",
+        "memory.kmem.limit_in_bytes",
+    ],
+    [
+        "memory.kmem.tcp.usage_in_bytes",
+        "memory.kmem.tcp.max_usage_in_bytes",
+        "memory.kmem.tcp.failcnt",
+        "memory.kmem.tcp.limit_in_bytes",
+    ],
+];
+
+fn v1_memory_entry(f: &mut FileCache, dir: &Path, files: &[&str; 4]) -> Result<v1::MemoryEntry, CgroupError> {
     let mut e = v1::MemoryEntry::new();
-    e.usage = read("usage_in_bytes")?;
-    e.max = read("max_usage_in_bytes")?;
-    e.failcnt = read("failcnt")?;
-    e.limit = read("limit_in_bytes")?;
+    e.usage = v1_uint(f, dir, files[0])?.unwrap_or(0);
+    e.max = v1_uint(f, dir, files[1])?.unwrap_or(0);
+    e.failcnt = v1_uint(f, dir, files[2])?.unwrap_or(0);
+    e.limit = v1_uint(f, dir, files[3])?.unwrap_or(0);
     Ok(e)
 }
 
 /// Blkio: the CFQ `*_recursive` files when the kernel has them and they hold entries, otherwise
 /// the throttle files (all current kernels), exactly as containerd chooses.
-fn v1_blkio(dir: &Path, devices: &HashMap<(u64, u64), String>) -> Result<v1::BlkIOStat, CgroupError> {
+fn v1_blkio(
+    f: &mut FileCache,
+    dir: &Path,
+    devices: &HashMap<(u64, u64), String>,
+) -> Result<v1::BlkIOStat, CgroupError> {
     let mut st = v1::BlkIOStat::new();
     let mut found = 0;
-    if path_exists(&dir.join("blkio.io_serviced_recursive")) {
+    if f.exists(dir, "blkio.io_serviced_recursive")? {
         let files = [
-            ("sectors_recursive", &mut st.sectors_recursive),
-            ("io_service_bytes_recursive", &mut st.io_service_bytes_recursive),
-            ("io_serviced_recursive", &mut st.io_serviced_recursive),
-            ("io_queued_recursive", &mut st.io_queued_recursive),
-            ("io_service_time_recursive", &mut st.io_service_time_recursive),
-            ("io_wait_time_recursive", &mut st.io_wait_time_recursive),
-            ("io_merged_recursive", &mut st.io_merged_recursive),
-            ("time_recursive", &mut st.io_time_recursive),
+            ("blkio.sectors_recursive", &mut st.sectors_recursive),
+            ("blkio.io_service_bytes_recursive", &mut st.io_service_bytes_recursive),
+            ("blkio.io_serviced_recursive", &mut st.io_serviced_recursive),
+            ("blkio.io_queued_recursive", &mut st.io_queued_recursive),
+            ("blkio.io_service_time_recursive", &mut st.io_service_time_recursive),
+            ("blkio.io_wait_time_recursive", &mut st.io_wait_time_recursive),
+            ("blkio.io_merged_recursive", &mut st.io_merged_recursive),
+            ("blkio.time_recursive", &mut st.io_time_recursive),
         ];
         for (name, entries) in files {
-            *entries = v1_blkio_entries(dir, name, devices)?;
+            *entries = v1_blkio_entries(f, dir, name, devices)?;
             found += entries.len();
         }
     }
     if found == 0 {
-        st.io_serviced_recursive = v1_blkio_entries(dir, "throttle.io_serviced", devices)?;
-        st.io_service_bytes_recursive = v1_blkio_entries(dir, "throttle.io_service_bytes", devices)?;
+        st.io_serviced_recursive = v1_blkio_entries(f, dir, "blkio.throttle.io_serviced", devices)?;
+        st.io_service_bytes_recursive = v1_blkio_entries(f, dir, "blkio.throttle.io_service_bytes", devices)?;
     }
     Ok(st)
 }
 
-/// Lines `major:minor [op] value`; `Total n` lines are skipped.
+/// One blkio line, `major:minor [op] value`; `None` for blank and `Total n` lines.
+fn parse_blkio_line(line: &str) -> Result<Option<(u64, u64, &str, u64)>, Malformed> {
+    let mut f = line.split([' ', ':']).filter(|s| !s.is_empty());
+    let fields = (f.next(), f.next(), f.next(), f.next(), f.next());
+    let (major, minor, op, value) = match fields {
+        (None, ..) | (Some("Total"), Some(_), None, ..) => return Ok(None),
+        (Some(major), Some(minor), Some(value), None, _) => (major, minor, "", value),
+        (Some(major), Some(minor), Some(op), Some(value), None) => (major, minor, op, value),
+        _ => return Err(malformed("invalid blkio line", line)),
+    };
+    let num = |s: &str| s.parse::<u64>().map_err(|_| malformed("not a number", line));
+    Ok(Some((num(major)?, num(minor)?, op, num(value)?)))
+}
+
 fn v1_blkio_entries(
+    f: &mut FileCache,
     dir: &Path,
     name: &str,
     devices: &HashMap<(u64, u64), String>,
 ) -> Result<Vec<v1::BlkIOEntry>, CgroupError> {
-    let path = dir.join(format!("blkio.{name}"));
-    let Some(text) = read_opt(&path)? else { return Ok(Vec::new()) };
-    let parse_line = |line: &str| -> Result<Option<v1::BlkIOEntry>, Malformed> {
-        let f: Vec<&str> = line.split([' ', ':']).filter(|s| !s.is_empty()).collect();
-        let num = |s: &str| s.parse::<u64>().map_err(|_| malformed("not a number", line));
-        let (major, minor, op, value) = match f[..] {
-            [] | ["Total", _] => return Ok(None),
-            [major, minor, value] => (major, minor, "", value),
-            [major, minor, op, value] => (major, minor, op, value),
-            _ => return Err(malformed("invalid blkio line", line)),
-        };
+    let Some(text) = f.read(dir, name)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((major, minor, op, value)) = at(dir, name, parse_blkio_line(line))? else { continue };
         let mut e = v1::BlkIOEntry::new();
-        (e.major, e.minor, e.value) = (num(major)?, num(minor)?, num(value)?);
-        e.op = op.to_owned();
-        e.device = devices.get(&(e.major, e.minor)).cloned().unwrap_or_default();
-        Ok(Some(e))
-    };
-    let entries: Result<Vec<_>, _> = text.lines().map(parse_line).collect();
-    Ok(at(&path, entries)?.into_iter().flatten().collect())
+        (e.major, e.minor, e.value) = (major, minor, value);
+        op.clone_into(&mut e.op);
+        e.device = devices.get(&(major, minor)).cloned().unwrap_or_default();
+        out.push(e);
+    }
+    Ok(out)
 }
 
-fn v1_rdma(dir: &Path) -> Result<Option<v1::RdmaStat>, CgroupError> {
-    let (Some(current), Some(max)) = (read_opt(&dir.join("rdma.current"))?, read_opt(&dir.join("rdma.max"))?) else {
-        return Ok(None);
-    };
+fn v1_rdma(f: &mut FileCache, dir: &Path) -> Result<Option<v1::RdmaStat>, CgroupError> {
+    let Some(current) = f.read(dir, "rdma.current")?.map(str::to_owned) else { return Ok(None) };
+    let Some(max) = f.read(dir, "rdma.max")? else { return Ok(None) };
     // A device removed between the two reads: containerd reports nothing rather than a mismatch.
     if current.split('\n').count() != max.split('\n').count() {
         return Ok(None);
@@ -667,87 +932,106 @@ fn v1_rdma(dir: &Path) -> Result<Option<v1::RdmaStat>, CgroupError> {
         };
         parse_rdma(text).into_iter().map(to_entry).collect()
     };
-    Ok(Some(v1::RdmaStat { current: entries(&current), limit: entries(&max), ..Default::default() }))
+    Ok(Some(v1::RdmaStat { current: entries(&current), limit: entries(max), ..Default::default() }))
 }
 
 // ---- cgroup v2 metrics ---------------------------------------------------------------------
 
-/// Reads the v2 metrics of the cgroup directory `dir` (containerd's `cgroup2.Manager.Stat`).
-pub fn v2_metrics(dir: &Path) -> Result<v2::Metrics, CgroupError> {
-    v2_metrics_on(dir, &HostInfo::read().hugepage_sizes)
+/// Reads the v2 metrics of the cgroup directory `dir` (containerd's `cgroup2.Manager.Stat`),
+/// PSI (cpu, memory and io pressure) included: containerd 2.3 passes it on to Kubernetes.
+pub fn v2_metrics(dir: &V2Dir) -> Result<v2::Metrics, CgroupError> {
+    v2_metrics_with(dir, &mut dir.files.lock())
 }
 
-fn v2_metrics_on(dir: &Path, hugepage_sizes: &[String]) -> Result<v2::Metrics, CgroupError> {
+fn v2_metrics_with(dir: &Path, f: &mut FileCache) -> Result<v2::Metrics, CgroupError> {
+    f.begin();
+    let host = f.host();
     let mut m = v2::Metrics::new();
     let mut pids = v2::PidsStat::new();
-    pids.current = v2_uint(dir, "pids.current")?;
-    pids.limit = v2_uint(dir, "pids.max")?;
+    pids.current = v2_uint(f, dir, "pids.current")?;
+    pids.limit = v2_uint(f, dir, "pids.max")?;
     m.pids = MessageField::some(pids);
-    m.cpu = MessageField::some(v2_cpu(dir)?);
-    m.memory = MessageField::some(v2_memory(dir)?);
-    if let Some(text) = read_opt(&dir.join("memory.events"))? {
-        let events = at(&dir.join("memory.events"), parse_memory_events(&text))?;
-        if !text.trim().is_empty() {
+    m.cpu = MessageField::some(v2_cpu(f, dir)?);
+    m.memory = MessageField::some(v2_memory(f, dir)?);
+    if let Some(text) = f.read(dir, "memory.events")? {
+        let present = !text.trim().is_empty();
+        let events = at(dir, "memory.events", parse_memory_events(text))?;
+        if present {
             m.memory_events = MessageField::some(events.to_proto());
         }
     }
     let mut io = v2::IOStat::new();
-    io.usage = read_opt(&dir.join("io.stat"))?.map(|t| parse_io_stat(&t)).unwrap_or_default();
-    io.psi = read_psi(dir, "io.pressure")?.into();
+    io.usage = f.read(dir, "io.stat")?.map(parse_io_stat).unwrap_or_default();
+    io.psi = read_psi(f, dir, "io.pressure")?.into();
     m.io = MessageField::some(io);
-    let rdma = |file: &str| -> Result<Vec<v2::RdmaEntry>, CgroupError> {
-        let text = read_opt(&dir.join(file))?.unwrap_or_default();
+    let mut rdma = |file: &str| -> Result<Vec<v2::RdmaEntry>, CgroupError> {
+        let text = f.read(dir, file)?.unwrap_or_default();
         let to_entry = |(device, hca_handles, hca_objects)| v2::RdmaEntry {
             device,
             hca_handles,
             hca_objects,
             ..Default::default()
         };
-        Ok(parse_rdma(&text).into_iter().map(to_entry).collect())
+        Ok(parse_rdma(text).into_iter().map(to_entry).collect())
     };
-    m.rdma = MessageField::some(v2::RdmaStat {
-        current: rdma("rdma.current")?,
-        limit: rdma("rdma.max")?,
-        ..Default::default()
-    });
-    for size in hugepage_sizes {
+    let (current, limit) = (rdma("rdma.current")?, rdma("rdma.max")?);
+    m.rdma = MessageField::some(v2::RdmaStat { current, limit, ..Default::default() });
+    for page in &host.hugepages {
+        let [.., current, max, events] = &page.files;
         let mut h = v2::HugeTlbStat::new();
-        h.pagesize.clone_from(size);
-        h.current = v2_uint(dir, &format!("hugetlb.{size}.current"))?;
-        h.max = v2_uint(dir, &format!("hugetlb.{size}.max"))?;
+        h.pagesize.clone_from(&page.size);
+        h.current = v2_uint(f, dir, current)?;
+        h.max = v2_uint(f, dir, max)?;
         // containerd reads this one leniently: anything unreadable is 0.
-        let events = std::fs::read_to_string(dir.join(format!("hugetlb.{size}.events"))).unwrap_or_default();
-        h.failcnt = parse_kv(&events).map(|kv| get(&kv, "max")).unwrap_or(0);
+        if let Ok(Some(text)) = f.read(dir, events) {
+            let mut failcnt = 0;
+            if for_each_kv(text, |k, v| {
+                if k == "max" {
+                    failcnt = v
+                }
+            })
+            .is_ok()
+            {
+                h.failcnt = failcnt;
+            }
+        }
         m.hugetlb.push(h);
     }
     Ok(m)
 }
 
-fn v2_cpu(dir: &Path) -> Result<v2::CPUStat, CgroupError> {
+fn v2_cpu(f: &mut FileCache, dir: &Path) -> Result<v2::CPUStat, CgroupError> {
     let mut cpu = v2::CPUStat::new();
-    let Some(kv) = read_kv(dir, "cpu.stat")? else { return Ok(cpu) };
-    copy_fields!(kv => cpu; usage_usec, user_usec, system_usec, nr_periods, nr_throttled, throttled_usec,
-        nr_bursts, burst_usec);
-    cpu.psi = read_psi(dir, "cpu.pressure")?.into();
+    let found = read_kv(f, dir, "cpu.stat", |k, v| {
+        set_field!(cpu, k, v; usage_usec, user_usec, system_usec, nr_periods, nr_throttled, throttled_usec,
+            nr_bursts, burst_usec);
+    })?;
+    if found {
+        cpu.psi = read_psi(f, dir, "cpu.pressure")?.into();
+    }
     Ok(cpu)
 }
 
 /// Memory: all zero when `memory.stat` is missing (controller not enabled), as in containerd.
-fn v2_memory(dir: &Path) -> Result<v2::MemoryStat, CgroupError> {
+fn v2_memory(f: &mut FileCache, dir: &Path) -> Result<v2::MemoryStat, CgroupError> {
     let mut s = v2::MemoryStat::new();
-    let Some(kv) = read_kv(dir, "memory.stat")? else { return Ok(s) };
-    copy_fields!(kv => s; anon, file, kernel_stack, slab, sock, shmem, file_mapped, file_dirty, file_writeback,
-        anon_thp, inactive_anon, active_anon, inactive_file, active_file, unevictable, slab_reclaimable,
-        slab_unreclaimable, pgfault, pgmajfault, workingset_refault, workingset_activate,
-        workingset_nodereclaim, pgrefill, pgscan, pgsteal, pgactivate, pgdeactivate, pglazyfree,
-        pglazyfreed, thp_fault_alloc, thp_collapse_alloc);
-    s.usage = v2_uint(dir, "memory.current")?;
-    s.usage_limit = v2_uint(dir, "memory.max")?;
-    s.max_usage = v2_uint(dir, "memory.peak")?;
-    s.swap_usage = v2_uint(dir, "memory.swap.current")?;
-    s.swap_limit = v2_uint(dir, "memory.swap.max")?;
-    s.swap_max_usage = v2_uint(dir, "memory.swap.peak")?;
-    s.psi = read_psi(dir, "memory.pressure")?.into();
+    let found = read_kv(f, dir, "memory.stat", |k, v| {
+        set_field!(s, k, v; anon, file, kernel_stack, slab, sock, shmem, file_mapped, file_dirty, file_writeback,
+            anon_thp, inactive_anon, active_anon, inactive_file, active_file, unevictable, slab_reclaimable,
+            slab_unreclaimable, pgfault, pgmajfault, workingset_refault, workingset_activate,
+            workingset_nodereclaim, pgrefill, pgscan, pgsteal, pgactivate, pgdeactivate, pglazyfree,
+            pglazyfreed, thp_fault_alloc, thp_collapse_alloc);
+    })?;
+    if !found {
+        return Ok(s);
+    }
+    s.usage = v2_uint(f, dir, "memory.current")?;
+    s.usage_limit = v2_uint(f, dir, "memory.max")?;
+    s.max_usage = v2_uint(f, dir, "memory.peak")?;
+    s.swap_usage = v2_uint(f, dir, "memory.swap.current")?;
+    s.swap_limit = v2_uint(f, dir, "memory.swap.max")?;
+    s.swap_max_usage = v2_uint(f, dir, "memory.swap.peak")?;
+    s.psi = read_psi(f, dir, "memory.pressure")?.into();
     Ok(s)
 }
 
@@ -775,8 +1059,8 @@ fn parse_io_stat(content: &str) -> Vec<v2::IOEntry> {
     out
 }
 
-fn read_psi(dir: &Path, file: &str) -> Result<Option<v2::PSIStats>, CgroupError> {
-    Ok(read_opt(&dir.join(file))?.and_then(|t| parse_psi(&t)))
+fn read_psi(f: &mut FileCache, dir: &Path, file: &str) -> Result<Option<v2::PSIStats>, CgroupError> {
+    Ok(f.read(dir, file)?.and_then(parse_psi))
 }
 
 /// Pressure files: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0` (and `full ...`).
@@ -842,22 +1126,21 @@ impl MemoryEvents {
 
 /// Parses `memory.events` content; keys it does not know are ignored.
 pub fn parse_memory_events(content: &str) -> Result<MemoryEvents, Malformed> {
-    let kv = parse_kv(content)?;
-    Ok(MemoryEvents {
-        low: get(&kv, "low"),
-        high: get(&kv, "high"),
-        max: get(&kv, "max"),
-        oom: get(&kv, "oom"),
-        oom_kill: get(&kv, "oom_kill"),
-        oom_group_kill: get(&kv, "oom_group_kill"),
-    })
+    let mut ev = MemoryEvents::default();
+    for_each_kv(content, |k, v| set_field!(ev, k, v; low, high, max, oom, oom_kill, oom_group_kill))?;
+    Ok(ev)
 }
 
 /// Reads `<dir>/memory.events`; `None` when the file is gone (cgroup deleted or no memory
 /// controller).
 pub fn read_memory_events(dir: &Path) -> Result<Option<MemoryEvents>, CgroupError> {
     let path = dir.join("memory.events");
-    read_opt(&path)?.map(|text| at(&path, parse_memory_events(&text))).transpose()
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(CgroupError::Read { path, source }),
+    };
+    parse_memory_events(&text).map(Some).map_err(|source| CgroupError::Parse { path, source })
 }
 
 #[cfg(test)]
@@ -1015,7 +1298,7 @@ mod tests {
     #[test]
     fn resolves_unified_host_to_the_cgroup2_directory() {
         let found = ContainerCgroup::resolve(UNIFIED_PROC_CGROUP, UNIFIED_MOUNTINFO).unwrap();
-        assert_eq!(found, ContainerCgroup::V2(PathBuf::from("/sys/fs/cgroup/k8s.io/4f1c2b7d")));
+        assert_eq!(found, ContainerCgroup::V2(PathBuf::from("/sys/fs/cgroup/k8s.io/4f1c2b7d").into()));
         let err = ContainerCgroup::resolve("1:name=systemd:/x\n", UNIFIED_MOUNTINFO).unwrap_err();
         assert!(err.0.contains("0::"), "{err}");
     }
@@ -1149,14 +1432,23 @@ total_unevictable 17
         (t, paths)
     }
 
+    fn v1_metrics_on(dirs: &V1Paths, host: HostInfo) -> Result<v1::Metrics, CgroupError> {
+        v1_metrics_with(dirs, &mut FileCache { host: Some(Arc::new(host)), ..FileCache::default() })
+    }
+
+    fn v2_metrics_on(dir: &Path, sizes: &[String]) -> Result<v2::Metrics, CgroupError> {
+        let host = HostInfo { devices: HashMap::new(), hugepages: sizes.iter().map(|s| HugePage::new(s)).collect() };
+        v2_metrics_with(dir, &mut FileCache { host: Some(Arc::new(host)), ..FileCache::default() })
+    }
+
     fn host() -> HostInfo {
-        HostInfo { devices: parse_partitions(PARTITIONS), hugepage_sizes: vec!["1GB".into(), "2MB".into()] }
+        HostInfo { devices: parse_partitions(PARTITIONS), hugepages: vec![HugePage::new("1GB"), HugePage::new("2MB")] }
     }
 
     #[test]
     fn v1_metrics_read_every_controller() {
         let (_t, paths) = v1_tree();
-        let m = v1_metrics_on(&paths, &host()).unwrap();
+        let m = v1_metrics_on(&paths, host()).unwrap();
 
         let usage = &m.cpu.usage;
         assert_eq!((usage.total, usage.user, usage.kernel), (2_000_000_000, 1_500_000_000, 500_000_000));
@@ -1225,10 +1517,10 @@ total_unevictable 17
         t.write("blkio/c1/blkio.io_serviced_recursive", "Total 0\n");
         let devices = parse_partitions(PARTITIONS);
         // Present but empty: fall back to the throttle files.
-        assert_eq!(v1_blkio(&dir, &devices).unwrap().io_serviced_recursive[0].value, 99);
+        assert_eq!(v1_blkio(&mut FileCache::default(), &dir, &devices).unwrap().io_serviced_recursive[0].value, 99);
         t.write("blkio/c1/blkio.io_serviced_recursive", "259:0 Read 5\n259:0 Write 6\nTotal 11\n");
         t.write("blkio/c1/blkio.time_recursive", "259:0 1234\n");
-        let st = v1_blkio(&dir, &devices).unwrap();
+        let st = v1_blkio(&mut FileCache::default(), &dir, &devices).unwrap();
         assert_eq!(st.io_serviced_recursive.iter().map(|e| e.value).collect::<Vec<_>>(), [5, 6]);
         assert_eq!(st.io_serviced_recursive[0].device, "/dev/nvme0n1");
         let time = &st.io_time_recursive[0];
@@ -1250,7 +1542,7 @@ total_unevictable 17
         ]
         .into_iter()
         .collect();
-        let m = v1_metrics_on(&paths, &HostInfo::default()).unwrap();
+        let m = v1_metrics_on(&paths, HostInfo::default()).unwrap();
         assert_eq!((m.memory.cache, m.memory.rss, m.memory.usage.usage), (1, 2, 10));
         assert_eq!((m.memory.swap.usage, m.memory.kernel.limit), (0, 0));
         assert!(m.memory_oom_control.is_none());
@@ -1260,7 +1552,7 @@ total_unevictable 17
         assert!(m.blkio.io_service_bytes_recursive.is_empty());
         assert!(m.hugetlb.is_empty());
         // Nothing at all: still a valid message with the cpu skeleton containerd always sends.
-        let m = v1_metrics_on(&V1Paths::default(), &HostInfo::default()).unwrap();
+        let m = v1_metrics_on(&V1Paths::default(), HostInfo::default()).unwrap();
         assert!(m.cpu.usage.is_some() && m.memory.is_none() && m.pids.is_none());
     }
 
@@ -1269,19 +1561,19 @@ total_unevictable 17
         let t = TempTree::new("bad");
         t.write("memory/memory.stat", "cache lots\n");
         let paths: V1Paths = [("memory", t.0.join("memory"))].into_iter().collect();
-        let err = v1_metrics_on(&paths, &HostInfo::default()).unwrap_err();
+        let err = v1_metrics_on(&paths, HostInfo::default()).unwrap_err();
         assert!(matches!(&err, CgroupError::Parse { path, .. } if path.ends_with("memory.stat")), "{err}");
         assert!(err.to_string().contains("memory.stat"), "{err}");
 
         t.write("cpuacct/cpuacct.stat", "user 1\n");
         let paths: V1Paths = [("cpuacct", t.0.join("cpuacct"))].into_iter().collect();
-        let err = v1_metrics_on(&paths, &HostInfo::default()).unwrap_err();
+        let err = v1_metrics_on(&paths, HostInfo::default()).unwrap_err();
         assert!(err.to_string().contains("system"), "{err}");
 
         // A directory where a file should be: a read error, not a silent skip.
         t.dir("pids/pids.current");
         let paths: V1Paths = [("pids", t.0.join("pids"))].into_iter().collect();
-        let err = v1_metrics_on(&paths, &HostInfo::default()).unwrap_err();
+        let err = v1_metrics_on(&paths, HostInfo::default()).unwrap_err();
         assert!(matches!(&err, CgroupError::Read { path, .. } if path.ends_with("pids.current")), "{err}");
     }
 
@@ -1291,7 +1583,7 @@ total_unevictable 17
         t.write("rdma/rdma.current", "mlx4_0 hca_handle=2 hca_object=2000\n");
         t.write("rdma/rdma.max", "mlx4_0 hca_handle=max hca_object=5000\n");
         let paths: V1Paths = [("rdma", t.0.join("rdma"))].into_iter().collect();
-        let m = v1_metrics_on(&paths, &HostInfo::default()).unwrap();
+        let m = v1_metrics_on(&paths, HostInfo::default()).unwrap();
         let (cur, max) = (&m.rdma.current[0], &m.rdma.limit[0]);
         assert_eq!((cur.device.as_str(), cur.hca_handles, cur.hca_objects), ("mlx4_0", 2, 2000));
         assert_eq!((max.hca_handles, max.hca_objects), (u32::MAX, 5000));
@@ -1362,6 +1654,14 @@ thp_collapse_alloc 29
         t.write("c1/hugetlb.2MB.current", "0\n");
         t.write("c1/hugetlb.2MB.max", "max\n");
         t.write("c1/hugetlb.2MB.events", "max 3\n");
+        t.write(
+            "c1/memory.pressure",
+            "some avg10=0.50 avg60=0.10 avg300=0.02 total=9000\nfull avg10=0.25 avg60=0.05 avg300=0.01 total=4000\n",
+        );
+        t.write(
+            "c1/io.pressure",
+            "some avg10=3.00 avg60=2.00 avg300=1.00 total=777\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+        );
         t
     }
 
@@ -1394,7 +1694,11 @@ thp_collapse_alloc 29
         assert_eq!((mem.workingset_refault, mem.workingset_activate, mem.workingset_nodereclaim), (10, 5, 3));
         assert_eq!((mem.pgrefill, mem.pgscan, mem.pgsteal, mem.pgactivate, mem.pgdeactivate), (23, 21, 22, 24, 25));
         assert_eq!((mem.pglazyfree, mem.pglazyfreed, mem.thp_fault_alloc, mem.thp_collapse_alloc), (26, 27, 28, 29));
-        assert!(mem.psi.is_none());
+        let psi = &mem.psi;
+        assert_eq!((psi.some.avg10, psi.some.avg60, psi.some.avg300, psi.some.total), (0.5, 0.1, 0.02, 9000));
+        assert_eq!((psi.full.avg10, psi.full.total), (0.25, 4000));
+        let psi = &m.io.psi;
+        assert_eq!((psi.some.avg10, psi.some.avg300, psi.some.total, psi.full.total), (3.0, 1.0, 777, 0));
 
         let ev = &m.memory_events;
         assert_eq!((ev.low, ev.high, ev.max, ev.oom, ev.oom_kill, ev.oom_group_kill), (0, 1, 12, 2, 1, 0));
@@ -1427,6 +1731,107 @@ thp_collapse_alloc 29
         t.write("c1/memory.stat", "anon\n");
         let err = v2_metrics_on(&dir, &[]).unwrap_err();
         assert!(matches!(&err, CgroupError::Parse { path, .. } if path.ends_with("memory.stat")), "{err}");
+    }
+
+    #[test]
+    fn stats_re_read_the_files_they_opened_and_see_new_content() {
+        let t = v2_tree();
+        let cg = ContainerCgroup::V2(t.0.join("c1").into());
+        let decode = |cg: &ContainerCgroup| v2::Metrics::parse_from_bytes(&cg.stats().unwrap().value).unwrap();
+        let m = decode(&cg);
+        assert_eq!((m.pids.current, m.cpu.usage_usec, m.cpu.psi.some.total), (2, 2_500_000, 123_456));
+        let ContainerCgroup::V2(dir) = &cg else { unreachable!() };
+        let opened = |dir: &V2Dir| {
+            let f = dir.files.lock();
+            (f.files.len(), f.files.iter().filter(|(_, file)| file.is_some()).count())
+        };
+        let (known, open) = opened(dir);
+        assert!(open >= 15 && known > open, "{known} files looked up, {open} open");
+
+        // New content in the same files (same inodes, as the kernel's files stay): a clone of the
+        // cgroup, as the container actor hands out for each Stats, re-reads them, opens nothing.
+        std::fs::write(t.0.join("c1/pids.current"), "7\n").unwrap();
+        std::fs::write(t.0.join("c1/cpu.stat"), "usage_usec 9\nuser_usec 1\n").unwrap();
+        std::fs::write(t.0.join("c1/cpu.pressure"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n").unwrap();
+        let clone = cg.clone();
+        let m = decode(&clone);
+        assert_eq!((m.pids.current, m.cpu.usage_usec, m.cpu.user_usec, m.cpu.system_usec), (7, 9, 1, 0));
+        assert_eq!(m.cpu.psi.some.total, 5);
+        assert!(m.cpu.psi.full.is_none());
+        assert_eq!(opened(dir), (known, open));
+
+        // A file that appears later (a controller enabled afterwards) is found again within
+        // RECHECK_MISSING calls; until then it reads as missing, as at the first call.
+        t.write("c1/memory.swap.peak", "8192\n");
+        let peaks: Vec<u64> = (0..RECHECK_MISSING).map(|_| decode(&cg).memory.swap_max_usage).collect();
+        assert_eq!(peaks[0], 0);
+        assert_eq!(peaks.last(), Some(&8192));
+        assert_eq!(opened(dir), (known, open + 1));
+    }
+
+    #[test]
+    fn files_larger_than_the_buffer_are_read_whole() {
+        let t = TempTree::new("big");
+        let lines: String =
+            (0..2000).map(|i| format!("8:{i} rbytes={i} wbytes=1 rios=2 wios=3 dbytes=0 dios=0\n")).collect();
+        assert!(lines.len() > 64 * 1024);
+        t.write("c1/io.stat", &lines);
+        let dir = t.0.join("c1");
+        let mut f = FileCache::default();
+        for _ in 0..2 {
+            let io = parse_io_stat(f.read(&dir, "io.stat").unwrap().unwrap());
+            assert_eq!(io.len(), 2000);
+            assert_eq!((io[1999].minor, io[1999].rbytes, io[1999].wios), (1999, 1999, 3));
+        }
+        assert!(f.read(&dir, "nothing").unwrap().is_none());
+        assert!(!f.exists(&dir, "nothing").unwrap() && f.exists(&dir, "io.stat").unwrap());
+        assert!(is_path(Path::new("/a/b/c.stat"), Path::new("/a/b/"), "c.stat"));
+        assert!(!is_path(Path::new("/a/bc.stat"), Path::new("/a/b"), "c.stat"));
+    }
+
+    /// A cgroup of our own on the host's cgroup2 mount (hybrid or unified), removed on drop.
+    struct RealCgroup(PathBuf);
+
+    impl Drop for RealCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_real_cgroup_is_re_read_fresh_and_reads_as_gone_once_removed() {
+        let mounts = parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+        let Some(mount) = mounts.iter().find(|m| m.fs_type == "cgroup2") else {
+            eprintln!("no cgroup2 mount: skipped");
+            return;
+        };
+        let cg = RealCgroup(mount.mount_point.join(format!("shim-cgroups-test-{}", std::process::id())));
+        if let Err(e) = std::fs::create_dir(&cg.0) {
+            eprintln!("cannot make a cgroup ({e}): skipped");
+            return;
+        }
+        let mut child = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+        std::fs::write(cg.0.join("cgroup.procs"), child.id().to_string()).unwrap();
+        let cgroup = ContainerCgroup::V2(cg.0.clone().into());
+        let usage = || v2::Metrics::parse_from_bytes(&cgroup.stats().unwrap().value).unwrap().cpu.usage_usec;
+        let first = usage();
+        // The same open cpu.stat, read again at offset 0, shows the CPU the loop has used since.
+        let mut later = first;
+        for _ in 0..10_000 {
+            later = usage();
+            if later > first {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(later > first, "cpu.stat re-read through the open file did not change: {first}");
+        std::fs::remove_dir(&cg.0).unwrap();
+        // Removed under the open files: reads fail with ENODEV, which reads as missing files.
+        let m = v2::Metrics::parse_from_bytes(&cgroup.stats().unwrap().value).unwrap();
+        assert_eq!((m.cpu.usage_usec, m.pids.current), (0, 0));
+        assert!(!cgroup.exists());
     }
 
     #[test]
@@ -1468,13 +1873,13 @@ thp_collapse_alloc 29
         assert_eq!((m.memory.usage.usage, m.pids.current), (5_148_672, 3));
 
         let t2 = v2_tree();
-        let cg = ContainerCgroup::V2(t2.0.join("c1"));
+        let cg = ContainerCgroup::V2(t2.0.join("c1").into());
         let any = cg.stats().unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
         let m = v2::Metrics::parse_from_bytes(&any.value).unwrap();
         assert_eq!((m.memory.usage, m.memory_events.oom_kill), (5_242_880, 1));
 
-        assert!(!ContainerCgroup::V2(t2.0.join("gone")).exists());
+        assert!(!ContainerCgroup::V2(t2.0.join("gone").into()).exists());
         assert!(!ContainerCgroup::V1([("memory", t2.0.join("gone"))].into_iter().collect()).exists());
     }
 

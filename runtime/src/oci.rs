@@ -245,7 +245,13 @@ impl Runtime {
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
-        cmd.env_remove("NOTIFY_SOCKET");
+        // Only when set: `env_remove` makes std copy the whole environment into a map and
+        // rebuild envp on every spawn (a fifth of the shim's instructions per exec, callgrind).
+        // The shim daemon drops it from its own environment at start, so runc calls inherit the
+        // environment as it is.
+        if std::env::var_os("NOTIFY_SOCKET").is_some() {
+            cmd.env_remove("NOTIFY_SOCKET");
+        }
         // Its own process group, so a call over the time limit is killed with what it started
         // (posix_spawn supports this: no pre-exec hook needed).
         cmd.process_group(0);

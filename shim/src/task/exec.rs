@@ -38,7 +38,8 @@ pub(super) async fn exec(container: ContainerHandle, req: ExecProcessRequest) ->
     }
     obj.insert("terminal".into(), serde_json::Value::Bool(req.terminal));
     // Never log the spec: it carries the environment.
-    tracing::info!(exec_id = %req.exec_id, spec_bytes = spec.value.len(), "exec");
+    // Debug, not info: one line per exec is a write to the log fifo and a copy in containerd.
+    tracing::debug!(exec_id = %req.exec_id, spec_bytes = spec.value.len(), "exec");
     let stdio = StdioConfig { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
     container.exec(req.exec_id, process, stdio).await?;
     Ok(Empty::new())
