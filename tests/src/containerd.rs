@@ -37,11 +37,16 @@ impl Version {
 
     /// `CONTAINERD_VERSION` from the environment, else 1.6.
     pub fn from_env() -> Version {
-        match std::env::var("CONTAINERD_VERSION").as_deref() {
-            Ok("1.7") => Version::V1_7,
-            Ok("2") => Version::V2,
-            Ok("1.6") | Err(_) => Version::V1_6,
-            Ok(other) => panic!("CONTAINERD_VERSION={other}: expected 1.6, 1.7 or 2"),
+        Version::from_key(std::env::var("CONTAINERD_VERSION").as_deref().unwrap_or("1.6"))
+    }
+
+    /// The version of a [`Version::key`]: "1.6", "1.7" or "2".
+    pub fn from_key(key: &str) -> Version {
+        match key {
+            "1.6" => Version::V1_6,
+            "1.7" => Version::V1_7,
+            "2" => Version::V2,
+            other => panic!("containerd version {other}: expected 1.6, 1.7 or 2"),
         }
     }
 
@@ -232,14 +237,20 @@ impl Containerd {
     }
 }
 
+/// Stops the private containerd under `dir` and cleans up after it (hack/containerd-down.sh);
+/// a failure is reported, not raised (this runs in `Drop`).
+pub fn containerd_down(dir: &Path) {
+    let out = Command::new(repo().join("hack/containerd-down.sh")).arg(dir).output();
+    if let Ok(o) = out {
+        if !o.status.success() {
+            eprintln!("containerd-down failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let out = Command::new(repo().join("hack/containerd-down.sh")).arg(&self.dir).output();
-        if let Ok(o) = out {
-            if !o.status.success() {
-                eprintln!("containerd-down failed: {}", String::from_utf8_lossy(&o.stderr));
-            }
-        }
+        containerd_down(&self.dir);
         let _ = std::fs::remove_dir_all(&self.tmp);
     }
 }

@@ -13,7 +13,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::containerd::{repo, run_ok};
+use crate::containerd::{containerd_down, repo, run_ok, Version};
 use crate::shim_binary;
 
 pub use k8s_cri::v1;
@@ -30,32 +30,6 @@ pub enum Shim {
     Ours,
     /// The containerd version's own Go `containerd-shim-runc-v2`, the reference.
     Go,
-}
-
-/// One of the containerd versions hack/install-deps.sh unpacks.
-#[derive(Debug, Clone)]
-pub struct Version {
-    /// `1.6`, `1.7` or `2`.
-    pub key: String,
-    /// The package version (e.g. `2.1.9+unknown`).
-    pub full: String,
-    /// Its usr/bin (containerd, ctr, the Go shim).
-    pub bindir: PathBuf,
-}
-
-impl Version {
-    /// Reads /var/cache/shim-runc-rs/containerd/KEY.version.
-    pub fn load(key: &str) -> Version {
-        let file = format!("/var/cache/shim-runc-rs/containerd/{key}.version");
-        let line = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e} (run hack/install-deps.sh)"));
-        let f: Vec<&str> = line.trim().split('\t').collect();
-        assert_eq!(f.len(), 3, "{file}: {line:?}");
-        Version { key: key.to_owned(), full: f[1].to_owned(), bindir: PathBuf::from(f[2]) }
-    }
-    /// Whether this is containerd 2.x.
-    pub fn is_v2(&self) -> bool {
-        self.key.starts_with('2')
-    }
 }
 
 /// A private containerd with CRI; torn down (hack/containerd-down.sh) on drop, and the pod
@@ -95,7 +69,7 @@ static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
 impl CriContainerd {
     pub fn start(version: &str, shim: Shim) -> CriContainerd {
-        let version = Version::load(version);
+        let version = Version::from_key(version);
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let tmp = PathBuf::from(format!("/tmp/cri-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -123,8 +97,8 @@ impl CriContainerd {
         c.up();
         eprintln!(
             "cri: containerd {} ({}) with the {} shim ({})",
-            c.version.key,
-            c.version.full,
+            c.version.key(),
+            c.version.full(),
             if shim == Shim::Ours { "Rust" } else { "Go" },
             std::fs::read_to_string(c.dir.join("shim-path")).unwrap_or_default().trim()
         );
@@ -137,7 +111,7 @@ impl CriContainerd {
         if let Some(d) = &self.shim_dir {
             up.arg(d);
         }
-        up.env("CONTAINERD_CRI", "1").env("CONTAINERD_VERSION", &self.version.key);
+        up.env("CONTAINERD_CRI", "1").env("CONTAINERD_VERSION", self.version.key());
         run_ok(&mut up);
     }
 
@@ -160,7 +134,7 @@ impl CriContainerd {
 
     /// The version's `ctr` in namespace k8s.io, bounded.
     pub fn ctr(&self, args: &[&str]) -> String {
-        let ctr = self.version.bindir.join("ctr");
+        let ctr = self.version.bin_dir().join("ctr");
         let out = run_ok(
             Command::new("timeout")
                 .args(["-k", "5", "60"])
@@ -399,12 +373,7 @@ pub fn cgroup_mounts() -> Vec<(String, String)> {
 
 impl Drop for CriContainerd {
     fn drop(&mut self) {
-        let out = Command::new(repo().join("hack/containerd-down.sh")).arg(&self.dir).output();
-        if let Ok(o) = out {
-            if !o.status.success() {
-                eprintln!("containerd-down failed: {}", String::from_utf8_lossy(&o.stderr));
-            }
-        }
+        containerd_down(&self.dir);
         // The pods' cgroup parents (kubelet would own these): deepest first.
         for (mnt, _) in cgroup_mounts() {
             let root = Path::new(&mnt).join(&self.cgroup_root);

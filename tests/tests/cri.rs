@@ -111,7 +111,7 @@ fn suite(version: &str, shim: Shim) {
         }
         rows.push(format!("  {:<75} {row}", name));
     }
-    eprintln!("cri: containerd {} ({}), {:?} shim:\n{}", c.version.key, c.version.full, shim, rows.join("\n"));
+    eprintln!("cri: containerd {} ({}), {:?} shim:\n{}", c.version.key(), c.version.full(), shim, rows.join("\n"));
     drop(c);
     assert!(bad.is_empty(), "containerd {version} with the {shim:?} shim:\n{}", bad.join("\n"));
 }
