@@ -19,17 +19,20 @@ Scenarios, each a `shim-load` run (tests/src/bin/shim-load.rs says what it measu
   density  N idle containers, one shim each, N in BENCH_DENSITY_N (10 50 100); then a pod
            variant (one shim per pod of a pause + 3 containers); idle over BENCH_IDLE_S (60) s
   soak     BENCH_SOAK_EXECS (100000) exec cycles against ours, RSS/fds/maps every 10 000
-Repetitions BENCH_SHIM_REPS (3), contestants rotated each repetition; medians reported.
+Repetitions BENCH_SHIM_REPS (3), contestants rotated each repetition; medians reported. An exec run
+with no result after BENCH_SHIM_STALL_S (180) s is stalled: stopped (SIGTERM) and left out.
 Writes DIR/shim-results.json, DIR/shim-results.md (also printed) and DIR/*.svg (matplotlib,
 from Debian's python3-matplotlib, if /usr/bin/python3 can import it).
 """
 
 import argparse
+import atexit
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 CACHE = os.environ.get("SHIM_DEPS_DIR", "/var/cache/shim-runc-rs")
@@ -53,18 +56,53 @@ def log(msg):
 
 # Bundles and sockets on tmpfs, where containerd keeps them on a systemd host (/run); on this
 # machine /tmp and /run are ext4, which adds inode work to every exec's pid file.
-TMPDIR = "/dev/shm" if os.path.isdir("/dev/shm") else os.environ.get("TMPDIR", "/tmp")
+# One private dir per run: a shim that is stopped mid-exec (a stalled Go shim) leaves the
+# runc-process* spec files it made in its TMPDIR; they are removed with the dir at exit.
+TMPDIR = tempfile.mkdtemp(prefix="shim-bench-",
+                          dir="/dev/shm" if os.path.isdir("/dev/shm") else os.environ.get("TMPDIR", "/tmp"))
+
+
+def _remove_tmpdir():
+    # Only what a stopped shim leaves (files); anything else (a mount) is reported, not removed.
+    for name in os.listdir(TMPDIR):
+        path = os.path.join(TMPDIR, name)
+        if name.startswith("runc-process") and os.path.isfile(path):
+            os.unlink(path)
+    try:
+        os.rmdir(TMPDIR)
+    except OSError as e:
+        log(f"{TMPDIR} not removed: {e}: {os.listdir(TMPDIR)}")
+
+
+atexit.register(_remove_tmpdir)
+
+
+# An exec run that has not finished after this long is stalled: stopped and reported as missing.
+EXEC_STALL_S = int(os.environ.get("BENCH_SHIM_STALL_S", "180"))
 
 
 def load(args, shim, mode, *opts, timeout=3600):
     env = dict(os.environ, SHIM_BIN=shim, TMPDIR=TMPDIR)
     argv = [args.load, mode, *map(str, opts)]
     log(f"{os.path.basename(os.path.dirname(os.path.dirname(shim)))}/{os.path.basename(shim)}: {' '.join(argv[1:])}")
-    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
-    if r.returncode != 0 or not lines:
-        tail = r.stderr.strip().splitlines()[-3:]
-        log(f"  failed (exit {r.returncode}): {' | '.join(tail)}")
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # A stalled shim (the Go shim of 1.6 at N = 100, containerd#8557): SIGTERM, on which
+        # shim-load removes its containers and shims, then SIGKILL if it does not finish.
+        log(f"  stalled: no result after {timeout} s; stopping it")
+        p.terminate()
+        try:
+            p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+        return None
+    lines = [l for l in out.splitlines() if l.startswith("{")]
+    if p.returncode != 0 or not lines:
+        tail = err.strip().splitlines()[-3:]
+        log(f"  failed (exit {p.returncode}): {' | '.join(tail)}")
         return None
     return json.loads(lines[-1])
 
@@ -128,7 +166,8 @@ def main():
             for rep in range(reps):
                 for name, shim in rotated(rep, contestants + [("runc", os.path.realpath(args.ours))]):
                     mode = "runc" if name == "runc" else "exec"
-                    runs[name].append(load(args, shim, mode, "--inflight", n, "--total", total))
+                    runs[name].append(load(args, shim, mode, "--inflight", n, "--total", total,
+                                           timeout=EXEC_STALL_S))
             res["exec"][n] = {}
             for name, r in runs.items():
                 keys = ["shim_cpu_ms_per_exec", "shim_user_ms_per_exec", "shim_sys_ms_per_exec", "runtime_cpu_ms_per_exec", "execs_per_s", "p50_ms", "p99_ms",
