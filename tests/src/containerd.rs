@@ -225,16 +225,31 @@ impl Containerd {
 
     /// Pids of shim processes serving this containerd.
     pub fn shims(&self) -> Vec<u32> {
-        let needle = format!("-address\0{}\0", self.socket());
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| {
-                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
-            })
-            .collect()
+        shims_of(&self.socket())
     }
+
+    /// `ctr tasks exec --exec-id EXEC_ID CONTAINER sh -c CODE` with this containerd's fifo dir,
+    /// stdout and stderr piped.
+    pub fn spawn_exec(&self, container: &str, exec_id: &str, code: &str) -> std::process::Child {
+        self.ctr(&["tasks", "exec", "--fifo-dir", &self.fifo, "--exec-id", exec_id, container, "sh", "-c", code])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Pids of the processes (shim daemons, zombies included) whose argv has `-address SOCKET`.
+pub fn shims_of(socket: &str) -> Vec<u32> {
+    let needle = format!("-address\0{socket}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
+        })
+        .collect()
 }
 
 /// Stops the private containerd under `dir` and cleans up after it (hack/containerd-down.sh);

@@ -13,7 +13,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::containerd::{containerd_down, repo, run_ok, Version};
+use crate::containerd::{containerd_down, repo, run_ok, shims_of, Version};
 use crate::shim_binary;
 
 pub use k8s_cri::v1;
@@ -160,15 +160,7 @@ impl CriContainerd {
 
     /// Pids of the shim daemons serving this containerd (argv has `-address SOCK`).
     pub fn shims(&self) -> Vec<u32> {
-        let needle = format!("-address\0{}\0", self.socket());
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| {
-                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                (String::from_utf8_lossy(&cmdline).contains(&needle) && crate::alive(pid)).then_some(pid)
-            })
-            .collect()
+        shims_of(&self.socket()).into_iter().filter(|&pid| crate::alive(pid)).collect()
     }
 
     /// Runs one CRI call on the runtime.

@@ -13,7 +13,6 @@ use shim_tests::mounts_under;
 
 fn ctr_run_exit_codes_kill_exec_storm_and_cleanup(setup: Setup) {
     let c = Containerd::start_with(setup);
-    let fifo = &c.fifo;
 
     // Subscribe to the event stream for the whole test.
     let events_log = c.tmp.join("events.log");
@@ -64,12 +63,7 @@ fn ctr_run_exit_codes_kill_exec_storm_and_cleanup(setup: Setup) {
         .map(|i| {
             let code = format!("echo out-{i}; exit {}", i % 7);
             let exec_id = format!("e{i}");
-            let child = c
-                .ctr(&["tasks", "exec", "--fifo-dir", fifo, "--exec-id", &exec_id, "t-storm", "sh", "-c", &code])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let child = c.spawn_exec("t-storm", &exec_id, &code);
             (i, child)
         })
         .collect();
@@ -325,12 +319,7 @@ fn ctr_exec_storm_exact_output(setup: Setup) {
             .map(|i| {
                 let code = format!("yes out-{i} | head -c {SIZE}; exit {}", i % 7);
                 let exec_id = format!("o{round}-{i}");
-                let child = c
-                    .ctr(&["tasks", "exec", "--fifo-dir", &c.fifo, "--exec-id", &exec_id, "t-out", "sh", "-c", &code])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
+                let child = c.spawn_exec("t-out", &exec_id, &code);
                 (i, child)
             })
             .collect();
@@ -380,12 +369,7 @@ fn ctr_exec_slow_reader_gets_all_output(setup: Setup) {
         .map(|i| {
             let code = format!("yes slow-{i} | head -c {SIZE}");
             let exec_id = format!("slow{i}");
-            let mut child = c
-                .ctr(&["tasks", "exec", "--fifo-dir", &c.fifo, "--exec-id", &exec_id, "t-slow", "sh", "-c", &code])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut child = c.spawn_exec("t-slow", &exec_id, &code);
             let mut stdout = child.stdout.take().unwrap();
             let reader = std::thread::spawn(move || {
                 let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
