@@ -147,9 +147,14 @@ fn killed_shim_mid_storm_leaves_nothing(setup: Setup) {
     assert!(left.is_empty(), "shim socket left: {left:?}");
 }
 
+/// How long containerd stays down in [`containerd_restart_mid_storm_loses_no_event`]: longer than
+/// the Go shim's event retries last (about 15 s, then it drops the event).
+const OUTAGE: Duration = Duration::from_secs(25);
+
 /// SPEC §4.7 no. 20: containerd is SIGKILLed while 100 execs are in flight and restarted. The
 /// shim keeps serving, the container stays RUNNING, an exec that exited during the downtime
-/// reports its real status, and every exec that started gets its TaskExit delivered (0 lost).
+/// reports its real status, and every exec that started gets its TaskExit delivered (0 lost),
+/// though containerd stays away for [`OUTAGE`].
 fn containerd_restart_mid_storm_loses_no_event(setup: Setup) {
     let c = Containerd::start_with(setup);
     let fifo = &c.fifo;
@@ -185,6 +190,7 @@ fn containerd_restart_mid_storm_loses_no_event(setup: Setup) {
     let cpid = c.pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(cpid.cast_signed()), nix::sys::signal::Signal::SIGKILL).unwrap();
     assert!(wait_until(Duration::from_secs(10), || !alive(cpid)), "containerd survived SIGKILL");
+    let killed_at = std::time::Instant::now();
     let log_at_kill = c.log().len();
     let codes = reap_all(children);
     let ok = codes.iter().enumerate().filter(|(i, c)| **c == Some(i32::try_from(i % 7).unwrap())).count();
@@ -205,6 +211,13 @@ fn containerd_restart_mid_storm_loses_no_event(setup: Setup) {
     };
     assert!(wait_until(Duration::from_secs(30), || children_of_shim() == 0), "execs still running");
     assert!(alive(shim), "the shim must survive containerd's death");
+    // containerd stays down past the Go shim's retry budget (5 requeues, 1 + 2 + ... + 5 s,
+    // SPEC §3.2), so an exit published during the outage must survive a long one, not only a
+    // restart that happens to be quick: the same outage on every machine, however loaded.
+    let down = killed_at.elapsed();
+    if down < OUTAGE {
+        std::thread::sleep(OUTAGE - down);
+    }
 
     // 2.x reconnects through the bundle's bootstrap.json (1.x through `address`): with the
     // shim's `address` file gone, only bootstrap.json can lead containerd back to the shim.
@@ -276,4 +289,7 @@ e2e_versions!(reference killed_shim_mid_storm_leaves_nothing =>
     killed_shim_mid_storm_go_v2 xfail "shim socket left" "Go shim behaviour: containerd runs `shim delete` after the SIGKILL, and the Go shim's delete does not remove the dead shim's socket in /run/containerd/s (ours removes a socket nothing listens on)",
 );
 e2e_versions!(containerd_restart_mid_storm_loses_no_event => containerd_restart_mid_storm_v1_6, containerd_restart_mid_storm_v1_7, containerd_restart_mid_storm_v2);
-e2e_versions!(reference containerd_restart_mid_storm_loses_no_event => containerd_restart_mid_storm_go_v1_6, containerd_restart_mid_storm_go_v1_7, containerd_restart_mid_storm_go_v2);
+e2e_versions!(reference containerd_restart_mid_storm_loses_no_event =>
+    containerd_restart_mid_storm_go_v1_6 xfail "TaskExit events lost" "Go shim bug: a Forward that fails is requeued at most 5 times (1, 2, ... 5 s apart) and then dropped, so every event published while containerd is down for longer than about 15 s is lost (SPEC §3.2); ours retries in place until containerd is back",
+    containerd_restart_mid_storm_go_v1_7 xfail "TaskExit events lost" "Go shim bug: a Forward that fails is requeued at most 5 times (1, 2, ... 5 s apart) and then dropped, so every event published while containerd is down for longer than about 15 s is lost (SPEC §3.2); ours retries in place until containerd is back",
+    containerd_restart_mid_storm_go_v2 xfail "TaskExit events lost" "Go shim bug: a Forward that fails is requeued at most 5 times (1, 2, ... 5 s apart) and then dropped, so every event published while containerd is down for longer than about 15 s is lost (SPEC §3.2); ours retries in place until containerd is back");
