@@ -142,11 +142,7 @@ fn fifo_path(stream: &'static str, uri: &str) -> Result<Option<String>, IoError>
 }
 
 fn make_pipe(path: &str) -> Result<(OwnedFd, OwnedFd), IoError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| IoError::Open {
-        what: "pipe for",
-        path: path.to_owned(),
-        source: e.into(),
-    })
+    crate::sys::pipe_cloexec().map_err(|source| IoError::Open { what: "pipe for", path: path.to_owned(), source })
 }
 
 fn chown_fd(fd: &OwnedFd, uid: u32, gid: u32, path: &str) -> Result<(), IoError> {
