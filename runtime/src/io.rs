@@ -12,8 +12,13 @@
 //!   process is closed and the process sees EOF.
 //!
 //! Terminal mode (SPEC §5.2) goes through [`crate::console`]: a console socket for the runtime,
-//! then copies between the pty master and the fifos. `binary://` and `file://` loggers are not
-//! supported yet; asking for them is an error, not a silent fallback.
+//! then copies between the pty master and the fifos.
+//!
+//! A `file://` or `binary://` stdout goes to [`crate::logger`] instead (stdout and stderr both,
+//! in either mode; with a terminal, the master's output is copied into the logger's stdout
+//! pipe, as the Go shim's `copyConsole`); stdin stays a fifo. Any other scheme, or a scheme on
+//! stdin or stderr of a fifo stdout, is an error ([`IoError::Unsupported`]), not a silent
+//! fallback.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
