@@ -56,8 +56,10 @@ pub const FIFO_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Errors setting up stdio.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
-    /// A stdio URI scheme the shim does not handle yet.
-    #[error("unsupported stdio {stream} {uri:?}: only fifos are supported yet")]
+    /// A stdio URI the shim does not handle (a scheme other than `file://` or `binary://` on
+    /// stdout, any scheme on stdin or stderr beside a fifo stdout, an output path that is not a
+    /// fifo).
+    #[error("unsupported stdio {stream} {uri:?}: stdout takes a fifo, file:// or binary://, stdin and stderr a fifo")]
     Unsupported {
         /// Which stream.
         stream: &'static str,
