@@ -417,15 +417,17 @@ impl Drop for ProcessIo {
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
+/// The shim's own extra handle on a fifo (`write`: the write end, else the read end):
+/// non-blocking, so the open returns at once, and close-on-exec, so no child inherits it.
+fn open_extra_end(path: &str, write: bool) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(!write).write(write).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
+}
+
 /// Opens a stdin fifo for reading, plus the shim's keep-alive write handle (closed by CloseIO).
 fn open_input(path: &str) -> Result<(pipe::Receiver, std::fs::File), IoError> {
     let open = |e: io::Error| IoError::Open { what: "open stdin fifo", path: path.to_owned(), source: e };
     let fifo = pipe::OpenOptions::new().open_receiver(path).map_err(open)?;
-    let keepalive = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(open)?;
+    let keepalive = open_extra_end(path, true).map_err(open)?;
     Ok((fifo, keepalive))
 }
 
@@ -463,10 +465,6 @@ async fn open_output(path: &str) -> Result<(pipe::Sender, std::fs::File), IoErro
             Err(e) => return Err(open(e)),
         }
     };
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(open)?;
+    let reader = open_extra_end(path, false).map_err(open)?;
     Ok((sender, reader))
 }
