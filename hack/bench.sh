@@ -9,7 +9,7 @@
 # and concurrent), shim memory (idle / 100 / K execs). Prints a markdown table
 # with ratios and the issue-6 budgets; writes results.md, results.json and
 # runs/*.json to BENCH_OUT (default /tmp/shim-bench-<date>). Orchestration,
-# statistics and the report are in hack/bench.py.
+# statistics and the report are in hack/bench.py (the package hack/ctrbench/).
 #
 # Environment:
 #   BENCH_N="1 10 50 100"  concurrency levels     BENCH_REPS=3   repetitions

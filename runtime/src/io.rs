@@ -12,8 +12,13 @@
 //!   process is closed and the process sees EOF.
 //!
 //! Terminal mode (SPEC §5.2) goes through [`crate::console`]: a console socket for the runtime,
-//! then copies between the pty master and the fifos. `binary://` and `file://` loggers are not
-//! supported yet; asking for them is an error, not a silent fallback.
+//! then copies between the pty master and the fifos.
+//!
+//! A `file://` or `binary://` stdout goes to [`crate::logger`] instead (stdout and stderr both,
+//! in either mode; with a terminal, the master's output is copied into the logger's stdout
+//! pipe, as the Go shim's `copyConsole`); stdin stays a fifo. Any other scheme, or a scheme on
+//! stdin or stderr of a fifo stdout, is an error ([`IoError::Unsupported`]), not a silent
+//! fallback.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -51,8 +56,10 @@ pub const FIFO_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Errors setting up stdio.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
-    /// A stdio URI scheme the shim does not handle yet.
-    #[error("unsupported stdio {stream} {uri:?}: only fifos are supported yet")]
+    /// A stdio URI the shim does not handle (a scheme other than `file://` or `binary://` on
+    /// stdout, any scheme on stdin or stderr beside a fifo stdout, an output path that is not a
+    /// fifo).
+    #[error("unsupported stdio {stream} {uri:?}: stdout takes a fifo, file:// or binary://, stdin and stderr a fifo")]
     Unsupported {
         /// Which stream.
         stream: &'static str,
@@ -142,11 +149,7 @@ fn fifo_path(stream: &'static str, uri: &str) -> Result<Option<String>, IoError>
 }
 
 fn make_pipe(path: &str) -> Result<(OwnedFd, OwnedFd), IoError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| IoError::Open {
-        what: "pipe for",
-        path: path.to_owned(),
-        source: e.into(),
-    })
+    crate::sys::pipe_cloexec().map_err(|source| IoError::Open { what: "pipe for", path: path.to_owned(), source })
 }
 
 fn chown_fd(fd: &OwnedFd, uid: u32, gid: u32, path: &str) -> Result<(), IoError> {
@@ -414,15 +417,17 @@ impl Drop for ProcessIo {
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
+/// The shim's own extra handle on a fifo (`write`: the write end, else the read end):
+/// non-blocking, so the open returns at once, and close-on-exec, so no child inherits it.
+fn open_extra_end(path: &str, write: bool) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(!write).write(write).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
+}
+
 /// Opens a stdin fifo for reading, plus the shim's keep-alive write handle (closed by CloseIO).
 fn open_input(path: &str) -> Result<(pipe::Receiver, std::fs::File), IoError> {
     let open = |e: io::Error| IoError::Open { what: "open stdin fifo", path: path.to_owned(), source: e };
     let fifo = pipe::OpenOptions::new().open_receiver(path).map_err(open)?;
-    let keepalive = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(open)?;
+    let keepalive = open_extra_end(path, true).map_err(open)?;
     Ok((fifo, keepalive))
 }
 
@@ -460,10 +465,6 @@ async fn open_output(path: &str) -> Result<(pipe::Sender, std::fs::File), IoErro
             Err(e) => return Err(open(e)),
         }
     };
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(open)?;
+    let reader = open_extra_end(path, false).map_err(open)?;
     Ok((sender, reader))
 }

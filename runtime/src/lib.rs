@@ -1,5 +1,6 @@
 //! The shim's supervision machinery: OCI runtime driver, the one reaper, the per-container
-//! actors with their process tables and state machines, stdio, and rootfs mounts.
+//! actors with their process tables and state machines, stdio (fifos, ptys, `file://` and
+//! `binary://` loggers), rootfs mounts, cgroup stats, OOM watches and checkpoints.
 //!
 //! Owned state: the [`reaper::Reaper`] routing table (pid → who waits), the
 //! [`registry::Registry`] (id → container handle), and one actor per container owning its

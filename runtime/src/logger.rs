@@ -150,7 +150,7 @@ impl BinaryLogger {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> io::Result<BinaryLogger> {
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let (ready_r, ready_w) = sys::pipe_cloexec()?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env("CONTAINER_ID", container_id)

@@ -11,6 +11,8 @@
 //! is SIGKILLed with its whole group (`runc init` and what it started for this call) and fails
 //! with [`OciError::TimedOut`], so a hung runtime cannot hold a request (or an init's exit
 //! waiting for that request) forever.
+//!
+//! Layout: the driver here; [`OciError`] and [`classify`] in `error`, the log tail in `log_tail`.
 
 use std::ffi::OsString;
 use std::io;
@@ -21,74 +23,18 @@ use std::process::{Command, Stdio};
 use tokio::io::AsyncReadExt;
 
 use crate::reaper::Reaper;
+use crate::sys;
 
-/// Errors of the OCI runtime layer.
-#[derive(Debug, thiserror::Error)]
-pub enum OciError {
-    /// The runtime binary does not exist (the text containerd's tests look for).
-    #[error("exec: \"{binary}\": executable file not found in $PATH")]
-    BinaryNotFound {
-        /// The binary name as configured.
-        binary: String,
-    },
-    /// The runtime could not be spawned for another reason.
-    #[error("failed to start {binary}: {source}")]
-    Spawn {
-        /// The binary name.
-        binary: String,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// The process the operation was aimed at has already exited.
-    #[error("process already finished")]
-    ProcessFinished,
-    /// The runtime has no such container.
-    #[error("no such container")]
-    ContainerNotFound,
-    /// The runtime ran and failed.
-    #[error("OCI runtime {op} failed: {message}")]
-    Failed {
-        /// The runtime subcommand.
-        op: &'static str,
-        /// The runtime's last error message (log.json), or its stderr.
-        message: String,
-    },
-    /// The runtime did not return within the limit and was killed.
-    #[error("OCI runtime {op} did not return within {}s and was killed", limit.as_secs())]
-    TimedOut {
-        /// The runtime subcommand.
-        op: &'static str,
-        /// The limit.
-        limit: std::time::Duration,
-    },
-    /// Local IO around the runtime call (pipes, pid files, output).
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// Why it failed.
-        #[source]
-        source: io::Error,
-    },
-}
+mod error;
+mod log_tail;
+#[cfg(test)]
+mod tests;
 
-/// Classifies a runtime's failure message into a typed error. The only place that matches on
-/// runc/crun text.
-pub fn classify(op: &'static str, message: &str) -> OciError {
-    let m = message.to_ascii_lowercase();
-    if m.contains("container not running")
-        || m.contains("no such process")
-        || m.contains("process already finished")
-        || m.contains("container is stopped")
-    {
-        OciError::ProcessFinished
-    } else if m.contains("does not exist") || m.contains("container not found") {
-        OciError::ContainerNotFound
-    } else {
-        OciError::Failed { op, message: message.trim().to_owned() }
-    }
-}
+pub use error::{classify, OciError};
+use log_tail::last_log_error;
+pub use log_tail::LOG_TAIL_BYTES;
+/// Re-exported from [`crate::sys`], where it lives with the crate's other fd helpers.
+pub use sys::MemFile;
 
 /// The container-side stdio given to `runc create`/`runc exec` (the container inherits it).
 #[derive(Debug, Default)]
@@ -159,8 +105,6 @@ pub struct Runtime {
     reaper: Reaper,
 }
 
-/// How much of the end of a runtime JSON log is read for the error of a failed call.
-pub const LOG_TAIL_BYTES: u64 = 64 << 10;
 /// Default limit of one runtime call.
 pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// The environment variable that sets the limit (seconds; 0: none).
@@ -183,38 +127,8 @@ pub fn call_timeout() -> Option<std::time::Duration> {
     })
 }
 
-/// The last [`LOG_TAIL_BYTES`] of a file, from its first whole line.
-fn read_tail(path: &Path) -> io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    let start = len.saturating_sub(LOG_TAIL_BYTES);
-    f.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    f.take(LOG_TAIL_BYTES).read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    Ok(match (start > 0, text.find('\n')) {
-        // Cut inside a line: drop the partial first line.
-        (true, Some(i)) => text[i + 1..].to_owned(),
-        _ => text.into_owned(),
-    })
-}
-
-/// Reads the last `"level":"error"` message from a runtime JSON log (its tail only).
-fn last_log_error(log: &Path) -> Option<String> {
-    let text = read_tail(log).ok()?;
-    text.lines().rev().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if v.get("level")?.as_str()? == "error" {
-            Some(v.get("msg")?.as_str()?.to_owned())
-        } else {
-            None
-        }
-    })
-}
-
 fn pipe() -> Result<(OwnedFd, OwnedFd), OciError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| OciError::Io { what: "pipe".into(), source: e.into() })
+    sys::pipe_cloexec().map_err(|source| OciError::Io { what: "pipe".into(), source })
 }
 
 async fn read_all(fd: OwnedFd) -> io::Result<Vec<u8>> {
@@ -552,31 +466,6 @@ impl Runtime {
     }
 }
 
-/// Bytes readable by a child through a path, without a file on any disk: a `memfd`
-/// reached as `/proc/<shim pid>/fd/<n>` (opening that path gives a fresh open file
-/// description at offset 0). The memory is released on drop.
-#[derive(Debug)]
-pub struct MemFile {
-    fd: std::os::fd::OwnedFd,
-}
-
-impl MemFile {
-    /// A memory file holding `bytes`; `name` only shows in `/proc/*/fd` links.
-    pub fn new(name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<MemFile> {
-        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-        let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).map_err(std::io::Error::from)?;
-        let mut file = std::fs::File::from(fd);
-        std::io::Write::write_all(&mut file, bytes)?;
-        Ok(MemFile { fd: file.into() })
-    }
-
-    /// The path another process of the same user opens to read the bytes.
-    pub fn path(&self) -> PathBuf {
-        use std::os::fd::AsRawFd;
-        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd()))
-    }
-}
-
 /// Reads a pid file written by the runtime.
 pub fn read_pid_file(path: &Path) -> Result<u32, OciError> {
     let text = std::fs::read_to_string(path)
@@ -605,48 +494,4 @@ pub async fn capture(reaper: &Reaper, program: &Path, args: &[&str]) -> Result<V
         return Err(OciError::Failed { op: "capture", message: format!("{binary} exited with {}", exit.status) });
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_recorded_runtime_messages() {
-        // runc 1.1
-        assert!(matches!(classify("kill", "container not running"), OciError::ProcessFinished));
-        assert!(matches!(classify("kill", "os: process already finished"), OciError::ProcessFinished));
-        assert!(matches!(classify("kill", "container \"abc\" does not exist"), OciError::ContainerNotFound));
-        // crun
-        assert!(matches!(
-            classify(
-                "kill",
-                "error opening file `/run/crun/abc/status`: No such file or directory; container not found"
-            ),
-            OciError::ContainerNotFound
-        ));
-        assert!(matches!(classify("kill", "kill container: No such process"), OciError::ProcessFinished));
-        let other = classify("create", "exec: \"nope\": executable file not found in $PATH\n");
-        assert_eq!(other.to_string(), "OCI runtime create failed: exec: \"nope\": executable file not found in $PATH");
-    }
-
-    #[test]
-    fn last_error_comes_from_json_log() {
-        let dir = std::env::temp_dir().join(format!("oci-log-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("log.json");
-        std::fs::write(
-            &log,
-            "{\"level\":\"error\",\"msg\":\"first\"}\n{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"second\"}\n{\"level\":\"info\",\"msg\":\"i\"}\n",
-        )
-        .unwrap();
-        assert_eq!(last_log_error(&log).as_deref(), Some("second"));
-        // Longer than the tail: only whole lines of the tail are read.
-        let filler = "{\"level\":\"error\",\"msg\":\"old\"}\n".repeat(10_000);
-        std::fs::write(&log, format!("{filler}{{\"level\":\"error\",\"msg\":\"new\"}}\n")).unwrap();
-        assert_eq!(last_log_error(&log).as_deref(), Some("new"));
-        let tail = read_tail(&log).unwrap();
-        assert!(tail.len() as u64 <= LOG_TAIL_BYTES && tail.starts_with('{'), "{}", &tail[..40]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

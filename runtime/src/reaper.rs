@@ -1,4 +1,6 @@
-//! THE reaper: the only code in the shim that calls `waitpid`.
+//! THE reaper: the only code in the shim daemon that calls `waitpid`. (The one-shot `start`
+//! process, where no reaper runs, reaps one child itself: the daemon it just spawned and had to
+//! kill because moving it into the `ShimCgroup` failed; `shim/src/bootstrap.rs`.)
 //!
 //! SIGCHLD wakes one loop of `waitpid(-1, WNOHANG)` until nothing is left to reap; each exit is
 //! routed by pid:

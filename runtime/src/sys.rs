@@ -1,7 +1,9 @@
 //! Every `unsafe` of the runtime crate lives here, each block with the reason it is sound.
 //!
 //! Syscalls the rest of the crate needs and that `nix`/`std` do not offer safely: the child
-//! subreaper bit, fd passing to children, and adopting inherited fds.
+//! subreaper bit, fd passing to children, adopting inherited fds, signalling one pid or a
+//! process group, pty and pipe ioctls, and `malloc_trim`. Also the small fd helpers several
+//! modules share (a close-on-exec pipe, a memfd reachable by path), so each is written once.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -214,6 +216,36 @@ pub fn pass_fds(cmd: &mut Command, fds: Vec<(OwnedFd, RawFd)>) {
             }
             Ok(())
         });
+    }
+}
+
+/// A pipe, both ends close-on-exec: `(read end, write end)`.
+pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Bytes readable by a child through a path, without a file on any disk: a `memfd`
+/// reached as `/proc/<shim pid>/fd/<n>` (opening that path gives a fresh open file
+/// description at offset 0). The memory is released on drop.
+#[derive(Debug)]
+pub struct MemFile {
+    fd: OwnedFd,
+}
+
+impl MemFile {
+    /// A memory file holding `bytes`; `name` only shows in `/proc/*/fd` links.
+    pub fn new(name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<MemFile> {
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).map_err(std::io::Error::from)?;
+        let mut file = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut file, bytes)?;
+        Ok(MemFile { fd: file.into() })
+    }
+
+    /// The path another process of the same user opens to read the bytes.
+    pub fn path(&self) -> std::path::PathBuf {
+        use std::os::fd::AsRawFd;
+        std::path::PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd()))
     }
 }
 

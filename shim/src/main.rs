@@ -1,9 +1,11 @@
 //! `containerd-shim-runc-v2`: a Rust drop-in for containerd's Go runc shim.
 //!
-//! Startup order (fixed): parse flags → `-v`/`-info`/`start`/`delete` short paths → for the
-//! daemon: set child subreaper, point stderr at the bundle's `log` fifo, install logging, build
-//! the single-threaded tokio runtime, start the reaper (SIGCHLD) before anything is spawned,
-//! then the publisher and the ttrpc server.
+//! Startup order (fixed): parse flags → set child subreaper (every action, as the Go shim
+//! does) → `-v`/`-info`/`start`/`delete` short paths (`delete` first marks inherited fds
+//! close-on-exec) → for the daemon: point stderr at the bundle's `log` fifo, install logging,
+//! take the listener and mark every other inherited fd close-on-exec, build the
+//! single-threaded tokio runtime, start the reaper (SIGCHLD) before anything is spawned, then
+//! the publisher and the ttrpc server ([`server::serve`]).
 
 mod bootproto;
 mod bootstrap;

@@ -67,8 +67,8 @@ fn same_user_listener(listener: UnixListener) -> ttrpc::asynchronous::transport:
     ttrpc::asynchronous::transport::Listener::new(stream)
 }
 
-/// Runs the daemon until shutdown. Startup order: subreaper (done by the caller) → runtime →
-/// reaper → publisher → server.
+/// Runs the daemon until shutdown. Startup order: subreaper and logging (done by the caller) →
+/// listener, inherited fds close-on-exec → runtime → reaper → publisher → server.
 pub fn serve(flags: &Flags) -> Result<()> {
     let listener = take_listener(flags)?;
     sys::cloexec_inherited_fds(3).context("mark inherited fds close-on-exec")?;

@@ -9,14 +9,6 @@ use ttrpc::Code;
 /// Errors of the protocol edge.
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
-    /// A request field that does not decode or is out of range.
-    #[error("invalid {field}: {reason}")]
-    InvalidArgument {
-        /// Which field.
-        field: &'static str,
-        /// Why.
-        reason: String,
-    },
     /// Not implemented by this shim yet.
     #[error("{0} is not implemented")]
     Unimplemented(&'static str),
@@ -35,10 +27,17 @@ pub enum ShimError {
     Runtime(#[from] RuntimeError),
 }
 
+impl ShimError {
+    /// A request field that does not decode or is out of range: the runtime layer's
+    /// [`RuntimeError::InvalidArgument`], the one such error (so one message and one code).
+    pub fn invalid_argument(field: &'static str, reason: String) -> Self {
+        ShimError::Runtime(RuntimeError::InvalidArgument { field, reason })
+    }
+}
+
 /// The ttrpc code for an error.
 pub fn code(e: &ShimError) -> Code {
     match e {
-        ShimError::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
         ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
         ShimError::Panicked(_) => Code::INTERNAL,
         ShimError::EventsBacklog { .. } => Code::RESOURCE_EXHAUSTED,
@@ -103,7 +102,7 @@ mod tests {
                 Code::DEADLINE_EXCEEDED,
             ),
             (rt(RuntimeError::Io(IoError::Console(std::io::ErrorKind::TimedOut.into()))), Code::INTERNAL),
-            (ShimError::InvalidArgument { field: "f", reason: "r".into() }, Code::INVALID_ARGUMENT),
+            (ShimError::invalid_argument("f", "r".into()), Code::INVALID_ARGUMENT),
             (ShimError::Unimplemented("pause"), Code::UNIMPLEMENTED),
             (ShimError::Panicked("State".into()), Code::INTERNAL),
             (ShimError::EventsBacklog { queued: 65_536 }, Code::RESOURCE_EXHAUSTED),
@@ -112,6 +111,7 @@ mod tests {
         for (e, c) in cases {
             assert_eq!(code(&e), c, "{e}");
         }
+        assert_eq!(ShimError::invalid_argument("signal", "0".into()).to_string(), "invalid signal: 0");
         let e: ttrpc::Error =
             ShimError::Runtime(RuntimeError::Oci(OciError::BinaryNotFound { binary: "no-runc".into() })).into();
         assert!(format!("{e:?}").contains("\\\"no-runc\\\"") || format!("{e:?}").contains("\"no-runc\""));

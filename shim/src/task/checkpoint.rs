@@ -13,7 +13,7 @@ use crate::status::ShimError;
 const OPTIONS_TYPE: &str = "containerd.runc.v1.CheckpointOptions";
 
 pub(super) fn options(req: &CheckpointTaskRequest) -> Result<CheckpointOpts, ShimError> {
-    let invalid = |field, reason: String| ShimError::InvalidArgument { field, reason };
+    let invalid = |field, reason: String| ShimError::invalid_argument(field, reason);
     let o = match req.options.as_ref() {
         Some(any) if !(any.type_url.is_empty() && any.value.is_empty()) => {
             if any.type_url.rsplit('/').next() != Some(OPTIONS_TYPE) {

@@ -14,7 +14,7 @@ const RESERVED_EXEC_ID: &str = "init";
 const MAX_SPEC_BYTES: usize = 1 << 20;
 
 pub(super) async fn exec(container: ContainerHandle, req: ExecProcessRequest) -> Result<Empty, ShimError> {
-    let invalid = |field, reason: String| ShimError::InvalidArgument { field, reason };
+    let invalid = |field, reason: String| ShimError::invalid_argument(field, reason);
     if req.exec_id.is_empty() {
         return Err(invalid("exec_id", "must not be empty".into()));
     }

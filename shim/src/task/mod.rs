@@ -52,14 +52,14 @@ fn exec_opt(exec_id: &str) -> Option<String> {
 }
 
 fn check_id(id: &str) -> Result<(), ShimError> {
-    validate_id(id).map_err(|reason| ShimError::InvalidArgument { field: "id", reason })
+    validate_id(id).map_err(|reason| ShimError::invalid_argument("id", reason))
 }
 
 fn check_exec_id(exec_id: &str) -> Result<(), ShimError> {
     if exec_id.is_empty() {
         return Ok(());
     }
-    validate_id(exec_id).map_err(|reason| ShimError::InvalidArgument { field: "exec_id", reason })
+    validate_id(exec_id).map_err(|reason| ShimError::invalid_argument("exec_id", reason))
 }
 
 fn status_of(state: State) -> Status {
@@ -129,7 +129,7 @@ impl MethodHandler for DecodeCheck {
         let error = match AssertUnwindSafe(self.0.handler(ctx, req)).catch_unwind().await {
             Ok(Err(ttrpc::Error::Others(msg))) if msg.starts_with(UNPACK_ERROR) => {
                 tracing::debug!(error = %msg, "undecodable request payload");
-                ShimError::InvalidArgument { field: "payload", reason: msg }
+                ShimError::invalid_argument("payload", msg)
             }
             Ok(other) => return other,
             Err(_) => {
@@ -200,9 +200,7 @@ impl Task for TaskService {
                 d.exec_id = exec_id;
                 let mut any = Any::new();
                 any.type_url = "containerd.runc.v1.ProcessDetails".into();
-                any.value = d
-                    .write_to_bytes()
-                    .map_err(|e| ShimError::InvalidArgument { field: "pids", reason: e.to_string() })?;
+                any.value = d.write_to_bytes().map_err(|e| ShimError::invalid_argument("pids", e.to_string()))?;
                 p.info = protobuf::MessageField::some(any);
             }
             r.processes.push(p);
@@ -213,7 +211,7 @@ impl Task for TaskService {
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
         check_exec_id(&req.exec_id)?;
         if req.signal == 0 || req.signal > 64 {
-            return Err(ShimError::InvalidArgument { field: "signal", reason: req.signal.to_string() }.into());
+            return Err(ShimError::invalid_argument("signal", req.signal.to_string()).into());
         }
         self.container(&req.id)?.kill(exec_opt(&req.exec_id), req.signal, req.all).await.map_err(ShimError::from)?;
         Ok(Empty::new())

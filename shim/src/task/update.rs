@@ -9,7 +9,7 @@ use crate::status::ShimError;
 const MAX_RESOURCES_BYTES: usize = 1 << 20;
 
 pub(super) fn resources(req: &UpdateTaskRequest) -> Result<Vec<u8>, ShimError> {
-    let invalid = |reason: String| ShimError::InvalidArgument { field: "resources", reason };
+    let invalid = |reason: String| ShimError::invalid_argument("resources", reason);
     let any = req.resources.as_ref().ok_or_else(|| invalid("missing".into()))?;
     if !any.type_url.ends_with("opencontainers/runtime-spec/1/LinuxResources") {
         return Err(invalid(format!("unexpected type {:?}", any.type_url)));
