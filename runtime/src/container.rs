@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::cgroups::ContainerCgroup;
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
-use crate::oci::{read_pid_file, OciError, Runtime};
+use crate::oci::{read_pid_file, OciError, OciRuntime};
 use crate::oom::OomWatch;
 use crate::process::State;
 use crate::reaper::{ExitSink, ProcessExit, Reaper, Subscription};
@@ -288,7 +288,7 @@ pub struct NewContainer {
     /// Bundle path.
     pub bundle: PathBuf,
     /// The runtime driver configured for it.
-    pub runtime: Arc<Runtime>,
+    pub runtime: Arc<OciRuntime>,
     /// Init pid (0 until a pending restore ran).
     pub pid: u32,
     /// Init stdio.
@@ -318,7 +318,7 @@ pub struct NewContainer {
 struct Actor {
     id: String,
     bundle: PathBuf,
-    runtime: Arc<Runtime>,
+    runtime: Arc<OciRuntime>,
     shared: Shared,
     seq: Sequencer,
     init: Proc,
@@ -982,7 +982,7 @@ async fn kill_half_started(pid_file: &std::path::Path, subscription: Subscriptio
 }
 
 async fn run_exec(
-    runtime: &Runtime,
+    runtime: &OciRuntime,
     bundle: &std::path::Path,
     pid_file: &std::path::Path,
     spec: &serde_json::Value,
@@ -1009,7 +1009,7 @@ async fn run_exec(
 }
 
 async fn teardown(
-    runtime: &Runtime,
+    runtime: &OciRuntime,
     id: &str,
     bundle: &std::path::Path,
     io: Option<ProcessIo>,

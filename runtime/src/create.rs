@@ -17,7 +17,7 @@ use crate::container::{self, ContainerHandle, NewContainer, Shared};
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::mount::{self, MountSpec};
-use crate::oci::{read_pid_file, CreateOpts, Runtime};
+use crate::oci::{read_pid_file, CreateOpts, OciRuntime};
 use crate::options::{validate_id, BundleSpec, RuncOptions};
 use crate::registry::Reservation;
 
@@ -73,7 +73,7 @@ fn bundle_path(raw: &str) -> Result<PathBuf> {
 /// Undoes a partial Create when dropped unarmed.
 struct Rollback<'a> {
     rootfs: Option<PathBuf>,
-    runtime: Option<(&'a Runtime, &'a str, PathBuf)>,
+    runtime: Option<(&'a OciRuntime, &'a str, PathBuf)>,
 }
 
 impl Rollback<'_> {
@@ -130,7 +130,7 @@ async fn create(
     }
     let opts = &params.options;
     opts.write_to_bundle(&bundle)?;
-    let runtime = Arc::new(Runtime::new(
+    let runtime = Arc::new(OciRuntime::new(
         opts.binary(),
         opts.root_for(&params.namespace),
         opts.systemd_cgroup,

@@ -45,7 +45,7 @@ fn libc_nonblock() -> i32 {
 fn main() -> ExitCode {
     // runc must not see systemd's NOTIFY_SOCKET (containerd under Type=notify passes it on):
     // dropped here, while the process has one thread, rather than per runc call (see
-    // `oci::Runtime::command`: removing it from every Command copies the whole environment).
+    // `oci::OciRuntime::command`: removing it from every Command copies the whole environment).
     std::env::remove_var("NOTIFY_SOCKET");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (flags, action) = match cli::parse(&args) {
