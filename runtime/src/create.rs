@@ -13,7 +13,7 @@ use std::sync::Arc;
 use containerd_shim_protos::events::task::TaskCreate;
 use tokio::sync::oneshot;
 
-use crate::container::{self, ContainerHandle, NewContainer, Shared};
+use crate::container::{self, NewContainer, Shared, Spawned};
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::mount::{self, MountSpec};
@@ -117,7 +117,7 @@ async fn create(
     shared: &Shared,
     params: CreateParams,
     requester: &oneshot::Sender<Result<u32>>,
-) -> Result<(u32, ContainerHandle)> {
+) -> Result<(u32, Spawned)> {
     validate_id(&params.id).map_err(|reason| RuntimeError::InvalidArgument { field: "id", reason })?;
     let bundle = bundle_path(&params.bundle)?;
     let spec = BundleSpec::load(&bundle)?;

@@ -64,8 +64,8 @@ fn check_exec_id(exec_id: &str) -> Result<(), ShimError> {
 
 fn status_of(state: State) -> Status {
     match state {
-        State::Created => Status::CREATED,
-        State::Running => Status::RUNNING,
+        State::Created | State::Starting => Status::CREATED,
+        State::Running | State::Pausing => Status::RUNNING,
         State::Paused => Status::PAUSED,
         State::Stopped | State::Deleted => Status::STOPPED,
     }
