@@ -15,6 +15,8 @@ mod calls;
 mod core;
 pub mod handle;
 mod shell;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
