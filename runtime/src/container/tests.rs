@@ -410,7 +410,7 @@ fn shared_pid_namespace_holds_the_init_exit_until_kill_all_returned() {
 #[test]
 fn restore_claims_the_restored_init_after_task_start() {
     let (mut c, _) = created_with(false, true);
-    assert_eq!(c.delete_init().unwrap().runtime_delete, false, "nothing to runc delete before the restore");
+    assert!(!c.delete_init().unwrap().runtime_delete, "nothing to runc delete before the restore");
     let plan = c.start_init().unwrap();
     assert!(plan.is_some());
     let (out, r) = c.init_started(Ok(Some(42)));

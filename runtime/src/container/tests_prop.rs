@@ -39,7 +39,7 @@ fn step(c: &mut Core<()>, w: &mut World, choice: u8, arg: u8, log: &mut Effects)
         }
         1 if w.init_starting => {
             w.init_starting = false;
-            let r = if arg % 3 == 0 { Err(RuntimeError::ProcessFinished) } else { Ok(None) };
+            let r = if arg.is_multiple_of(3) { Err(RuntimeError::ProcessFinished) } else { Ok(None) };
             log.extend(c.init_started(r).0);
         }
         2 => {
@@ -67,7 +67,7 @@ fn step(c: &mut Core<()>, w: &mut World, choice: u8, arg: u8, log: &mut Effects)
         }
         5 if !w.init_exited => {
             w.init_exited = true;
-            let out = c.exited(ProcessId::Init, exit(INIT_PID, u32::from(arg)), arg % 5 == 0);
+            let out = c.exited(ProcessId::Init, exit(INIT_PID, u32::from(arg)), arg.is_multiple_of(5));
             for eff in &out {
                 if let Effect::KillAll(x) = eff {
                     w.kill_all = Some(*x);
@@ -80,14 +80,14 @@ fn step(c: &mut Core<()>, w: &mut World, choice: u8, arg: u8, log: &mut Effects)
             log.extend(c.exited(exec(&e), exit(exec_pid(i), u32::from(arg)), false));
         }
         7 => {
-            let pause = arg % 2 == 0;
+            let pause = arg.is_multiple_of(2);
             if w.pausing.is_none() && c.pause(pause).is_ok() {
                 w.pausing = Some(pause);
             }
         }
         8 => {
             if let Some(pause) = w.pausing.take() {
-                let r = if arg % 4 == 0 { Err(RuntimeError::ProcessFinished) } else { Ok(()) };
+                let r = if arg.is_multiple_of(4) { Err(RuntimeError::ProcessFinished) } else { Ok(()) };
                 log.extend(c.paused(pause, r).0);
             }
         }
@@ -104,7 +104,7 @@ fn step(c: &mut Core<()>, w: &mut World, choice: u8, arg: u8, log: &mut Effects)
         }
         11 if w.deleting => {
             w.deleting = false;
-            let r = if arg % 4 == 0 { Err(RuntimeError::ProcessFinished) } else { Ok(()) };
+            let r = if arg.is_multiple_of(4) { Err(RuntimeError::ProcessFinished) } else { Ok(()) };
             let (out, r) = c.init_deleted(r);
             w.done = r.is_ok();
             log.extend(out);
@@ -116,13 +116,13 @@ fn step(c: &mut Core<()>, w: &mut World, choice: u8, arg: u8, log: &mut Effects)
         }
         13 => {
             // Exits nobody asked for: unknown execs, and execs that are not running.
-            let stray = if arg % 2 == 0 { exec("stray") } else { exec(&e) };
+            let stray = if arg.is_multiple_of(2) { exec("stray") } else { exec(&e) };
             if !w.exec_live.contains(&i) {
                 log.extend(c.exited(stray, exit(7, 0), false));
             }
         }
         _ => {
-            let _ = c.kill(if arg % 2 == 0 { None } else { Some(&e) }, 9);
+            let _ = c.kill(if arg.is_multiple_of(2) { None } else { Some(&e) }, 9);
         }
     }
 }
@@ -191,7 +191,7 @@ fn check(log: &[Effect]) -> Result<(), String> {
             };
             let after_exit = k > 0 && matches!(&log[k - 1], Effect::Publish(Event::Exit(x)) if x.id == id);
             let announced = ev.contains(&format!("started:{id}")) || id == "c";
-            if after_exit == false && announced {
+            if !after_exit && announced {
                 return Err(format!("waiters of {id} released without their TaskExit just before: {log:?}"));
             }
         }
