@@ -44,6 +44,8 @@ pub(crate) enum Effect {
     /// Run `kill --all -9` (the init exited without a private pid namespace, SPEC §2.5); its
     /// completion is [`Core::killed_all`] with this exit.
     KillAll(ExitInfo),
+    /// Run `runc resume` without a state change or event: a SIGKILL reached a frozen init.
+    Thaw,
     /// The container is deleted: leave the registry (before the reply) and stop.
     LeaveRegistry,
 }
@@ -120,6 +122,10 @@ pub(crate) struct Core<R> {
     /// namespace): as in the Go shim, the init is not reported exited before the rest of the
     /// container was signalled, so a Delete right after Wait never finds the cgroup frozen.
     init_exit_killing: Option<ExitInfo>,
+    /// A SIGKILL was sent while a `runc pause` was in flight: it may have reached a process
+    /// the pause then froze (the v1 freezer does not let a frozen task die), so the init is
+    /// thawed once the pause returned.
+    thaw_after_pause: bool,
 }
 
 fn not_found_exec(exec_id: &str) -> RuntimeError {
@@ -139,6 +145,7 @@ impl<R> Core<R> {
             restore: c.restore,
             shares_pid_ns: c.shares_pid_ns,
             init_exit_killing: None,
+            thaw_after_pause: false,
         }
     }
 
@@ -375,11 +382,14 @@ impl<R> Core<R> {
     }
 
     /// Kill: how to deliver `signal` (validated by the shell for an exec's `kill(2)`).
-    pub(crate) fn kill(&self, exec_id: Option<&str>, signal: u32) -> Result<KillPlan> {
+    pub(crate) fn kill(&mut self, exec_id: Option<&str>, signal: u32) -> Result<KillPlan> {
         match exec_id {
             None => {
                 if self.init.state == State::Deleted {
                     return Err(RuntimeError::ProcessFinished);
+                }
+                if self.init.state == State::Pausing && signal == 9 {
+                    self.thaw_after_pause = true;
                 }
                 // A frozen process does not die until thawed: resume after a SIGKILL.
                 Ok(KillPlan::Runtime { thaw: self.init.state == State::Paused && signal == 9 })
@@ -488,6 +498,7 @@ impl<R> Core<R> {
     pub(crate) fn paused(&mut self, pause: bool, result: Result<()>) -> (Effects, Result<()>) {
         let before = self.init.state;
         self.init.state = if pause { before.pause_done(result.is_ok()) } else { before };
+        let thaw = pause && std::mem::take(&mut self.thaw_after_pause);
         if let Err(e) = result {
             return (Vec::new(), Err(e));
         }
@@ -503,7 +514,11 @@ impl<R> Core<R> {
         } else {
             Vec::new()
         };
-        (self.apply(steps), Ok(()))
+        let mut out = self.apply(steps);
+        if thaw {
+            out.push(Effect::Thaw);
+        }
+        (out, Ok(()))
     }
 
     /// Update: allowed?

@@ -185,6 +185,19 @@ impl Shell {
                         .instrument(span),
                     );
                 }
+                Effect::Thaw => {
+                    let runtime = Arc::clone(&self.runtime);
+                    let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
+                    let span = self.span("resume (thaw after kill)", None, self.core.init().pid);
+                    self.tasks.spawn(
+                        async move {
+                            if let Err(e) = runtime.resume(&id, &bundle).await {
+                                tracing::debug!(error = %e, "resume after a kill during pause");
+                            }
+                        }
+                        .instrument(span),
+                    );
+                }
                 Effect::LeaveRegistry => {
                     self.shared.registry.remove(self.core.id());
                     stop = true;

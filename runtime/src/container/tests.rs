@@ -442,5 +442,31 @@ fn exec_reports_paused_while_its_container_is() {
     assert_eq!(c.state(Some("e")).unwrap().state, State::Paused);
 }
 
+/// A SIGKILL sent while `runc pause` is in flight can reach a process that is frozen before it
+/// dies (cgroup v1 freezer: a frozen task does not die until thawed), and then nothing would
+/// thaw it: its Wait would never return. Once the pause returned, the init must be thawed, as
+/// a SIGKILL of a paused init is.
+#[test]
+fn sigkill_during_pause_thaws_once_paused() {
+    let mut c = init_in(State::Pausing);
+    assert_eq!(c.kill(None, 9).unwrap(), KillPlan::Runtime { thaw: false }, "not frozen yet");
+    let (out, r) = c.paused(true, Ok(()));
+    r.unwrap();
+    assert_eq!(events(&out), ["paused"]);
+    assert_eq!(out.last(), Some(&Effect::Thaw), "{out:?}");
+    // Once: a later pause and resume are plain.
+    c.pause(false).unwrap();
+    c.paused(false, Ok(())).1.unwrap();
+    c.pause(true).unwrap();
+    assert!(!c.paused(true, Ok(())).0.contains(&Effect::Thaw));
+    // Another signal, or a failed pause, needs no thaw.
+    let mut c = init_in(State::Pausing);
+    c.kill(None, 15).unwrap();
+    assert!(!c.paused(true, Ok(())).0.contains(&Effect::Thaw));
+    let mut c = init_in(State::Pausing);
+    c.kill(None, 9).unwrap();
+    assert!(c.paused(true, Err(RuntimeError::ProcessFinished)).0.is_empty());
+}
+
 #[path = "tests_prop.rs"]
 mod property;
