@@ -2,15 +2,11 @@
 //! state allows.
 //!
 //! ```text
-//!             start                      ok
-//!   Created ─────────▶ Starting ─────────────▶ Running ─────exit─────▶ Stopped ──delete──▶ Deleted
-//!      │ ▲               │ failed          pause │  ▲ ▲                   ▲
-//!      │ └───────────────┘                       ▼  │ │failed             │ exit (any live state)
-//!      │                                   Pausing ─┘ │                   │
-//!      │                                       │ok   │resume             │
-//!      │                                       ▼     │                   │
-//!      │                                     Paused ─┘───────────────────┘
-//!      └── delete (never started) ──────────────────────────────────────────────────▶ Deleted
+//!   Created ──start──▶ Starting ──ok──▶ Running ──pause──▶ Pausing ──ok──▶ Paused
+//!      ▲                  │              ▲  ▲                │               │
+//!      └──────failed──────┘              │  └────failed──────┘               │
+//!                                        └──────────────resume───────────────┘
+//!   any live state ──exit──▶ Stopped ──delete──▶ Deleted;   Created ──delete──▶ Deleted
 //! ```
 //! `Starting` and `Pausing` are the runtime call in flight (`runc start`/restore/`runc exec`,
 //! `runc pause`); the State RPC reports them as created and running, as the Go shim does (its

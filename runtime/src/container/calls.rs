@@ -1,14 +1,225 @@
-//! The OCI calls the shell runs as child tasks, and what they need beyond the runtime driver.
+//! The OCI calls the shell runs as child tasks, each in a span naming the container, exec and
+//! pid, and what they need beyond the runtime driver. A call whose result changes the
+//! container reports back as a [`Done`] message; the others answer their request directly.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use shim_events::{ExitInfo, ProcessId};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
-use super::core::Teardown;
+use super::core::{KillPlan, Teardown};
+use super::handle::{Deleted, Msg, Reply};
+use super::shell::{Done, Shell};
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::oci::{read_pid_file, OciError, OciRuntime};
+
+impl Shell {
+    /// A span for an OCI call of this container.
+    pub(super) fn span(&self, op: &'static str, exec_id: Option<&str>, pid: u32) -> tracing::Span {
+        tracing::debug_span!("oci", op, container_id = %self.core.id(), exec_id = exec_id.unwrap_or(""), pid)
+    }
+
+    pub(super) fn start_init(&mut self, reply: Reply<u32>) {
+        let restore = match self.core.start_init() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (runtime, tx) = (Arc::clone(&self.runtime), self.self_tx.clone());
+        let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
+        let (reaper, namespace, owner) = (self.shared.reaper.clone(), self.namespace.clone(), self.io_owner);
+        let stdio = self.core.init().stdio.clone();
+        let span = self.span(if restore.is_some() { "restore" } else { "start" }, None, self.core.init().pid);
+        self.tasks.spawn(
+            async move {
+                let result = match restore {
+                    None => runtime.start(&id, &bundle).await.map(|()| None).map_err(RuntimeError::from),
+                    Some(plan) => {
+                        let ctx = IoContext { reaper: &reaper, container_id: &id, namespace: &namespace };
+                        crate::checkpoint::restore_init(&runtime, &bundle, &stdio, owner, ctx, &plan).await.map(Some)
+                    }
+                };
+                let _ = tx.send(Msg::Done(Done::InitStarted { result, reply }));
+            }
+            .instrument(span),
+        );
+    }
+
+    pub(super) fn start_exec(&mut self, exec_id: String, reply: Reply<u32>) {
+        let (spec, stdio) = match self.core.start_exec(&exec_id) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (runtime, reaper) = (Arc::clone(&self.runtime), self.shared.reaper.clone());
+        let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
+        let (owner, tx, namespace) = (self.io_owner, self.self_tx.clone(), self.namespace.clone());
+        let span = self.span("exec", Some(&exec_id), 0);
+        self.tasks.spawn(
+            async move {
+                // Subscribe before the runtime can start the process (SPEC §4.4).
+                let subscription = reaper.subscribe();
+                let ctx = IoContext { reaper: &reaper, container_id: &id, namespace: &namespace };
+                let pid_file = bundle.join(format!("{exec_id}.pid"));
+                let result = match run_exec(&runtime, &bundle, &pid_file, &spec, &stdio, owner, ctx).await {
+                    Ok((pid, io)) => {
+                        tracing::Span::current().record("pid", pid);
+                        Ok((pid, io, subscription))
+                    }
+                    Err(error) => Err(ExecFailed { error, ran: kill_half_started(&pid_file, subscription).await }),
+                };
+                let _ = tx.send(Msg::Done(Done::ExecStarted { exec_id, result, reply }));
+            }
+            .instrument(span),
+        );
+    }
+
+    pub(super) fn kill(&mut self, exec_id: Option<String>, signal: u32, all: bool, reply: Reply<()>) {
+        match self.core.kill(exec_id.as_deref(), signal) {
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(KillPlan::Signal { pid }) => {
+                let _ = reply.send(signal_exec(pid, signal));
+            }
+            Ok(KillPlan::Runtime { thaw }) => {
+                let (runtime, id, bundle) =
+                    (Arc::clone(&self.runtime), self.core.id().to_owned(), self.core.bundle().to_owned());
+                let span = self.span("kill", None, self.core.init().pid);
+                self.tasks.spawn(
+                    async move {
+                        let r = runtime.kill(&id, &bundle, signal, all).await.map_err(map_kill_error);
+                        if thaw {
+                            let _ = runtime.resume(&id, &bundle).await;
+                        }
+                        let _ = reply.send(r);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+
+    /// Deletes an exec. The reply waits (bounded) until its output has drained into the fifos:
+    /// clients such as `ctr` close their fifo readers as soon as Delete returns (SPEC §5.1).
+    pub(super) fn delete_exec(&mut self, exec_id: &str, reply: Reply<Deleted>) {
+        let (deleted, res, effects) = match self.core.delete_exec(exec_id) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.apply(effects, None);
+        let _ = std::fs::remove_file(self.core.bundle().join(format!("{exec_id}.pid")));
+        let exec_id = exec_id.to_owned();
+        self.tasks.spawn(async move {
+            if let Some(mut io) = res.io {
+                if !io.drain(super::IO_DRAIN_TIMEOUT).await {
+                    tracing::warn!(exec_id = %exec_id, "failed to drain exec process io");
+                }
+            }
+            let _ = reply.send(Ok(deleted));
+        });
+    }
+
+    pub(super) fn delete_init(&mut self, reply: Reply<Deleted>) {
+        let plan = match self.core.delete_init() {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (runtime, tx) = (Arc::clone(&self.runtime), self.self_tx.clone());
+        let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
+        let io = self.core.res_mut(None).ok().and_then(|r| r.io.take());
+        let span = self.span("delete", None, self.core.init().pid);
+        self.tasks.spawn(
+            async move {
+                let result = teardown(&runtime, &id, &bundle, io, plan).await;
+                let _ = tx.send(Msg::Done(Done::InitDeleted { result, reply }));
+            }
+            .instrument(span),
+        );
+    }
+
+    pub(super) fn pids(&mut self, reply: Reply<Vec<(u32, Option<String>)>>) {
+        let execs = self.core.exec_pids();
+        let (runtime, id, bundle) =
+            (Arc::clone(&self.runtime), self.core.id().to_owned(), self.core.bundle().to_owned());
+        let span = self.span("ps", None, self.core.init().pid);
+        self.tasks.spawn(
+            async move {
+                let r = runtime
+                    .ps(&id, &bundle)
+                    .await
+                    .map(|pids| pids.into_iter().map(|pid| (pid, execs.get(&pid).cloned())).collect())
+                    .map_err(RuntimeError::from);
+                let _ = reply.send(r);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Pause (`pause`) or resume the init; the state changes and the event is queued when
+    /// the runtime call returns.
+    pub(super) fn pause(&mut self, pause: bool, reply: Reply<()>) {
+        if let Err(e) = self.core.pause(pause) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let (runtime, tx) = (Arc::clone(&self.runtime), self.self_tx.clone());
+        let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
+        let span = self.span(if pause { "pause" } else { "resume" }, None, self.core.init().pid);
+        self.tasks.spawn(
+            async move {
+                let result = if pause { runtime.pause(&id, &bundle).await } else { runtime.resume(&id, &bundle).await };
+                let _ = tx.send(Msg::Done(Done::Paused { pause, result: result.map_err(RuntimeError::from), reply }));
+            }
+            .instrument(span),
+        );
+    }
+
+    pub(super) fn update(&mut self, resources: Vec<u8>, reply: Reply<()>) {
+        if let Err(e) = self.core.update() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let (runtime, id, bundle) =
+            (Arc::clone(&self.runtime), self.core.id().to_owned(), self.core.bundle().to_owned());
+        let span = self.span("update", None, self.core.init().pid);
+        self.tasks.spawn(
+            async move {
+                let _ = reply.send(runtime.update(&id, &bundle, resources).await.map_err(RuntimeError::from));
+            }
+            .instrument(span),
+        );
+    }
+
+    pub(super) fn checkpoint(&mut self, opts: crate::oci::CheckpointOpts, reply: Reply<()>) {
+        if let Err(e) = self.core.checkpoint() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let (runtime, id, bundle) =
+            (Arc::clone(&self.runtime), self.core.id().to_owned(), self.core.bundle().to_owned());
+        let span = self.span("checkpoint", None, self.core.init().pid);
+        self.tasks.spawn(
+            async move {
+                let _ = reply.send(crate::checkpoint::checkpoint(&runtime, &id, &bundle, opts).await);
+            }
+            .instrument(span),
+        );
+    }
+}
 
 /// A failed exec start. `ran` is the exit of a process the runtime had started anyway (`runc
 /// exec` created it, then it or a later step failed): that process was killed and reaped

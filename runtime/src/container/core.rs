@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
 use shim_events::{Event, ExitInfo, ProcessId, Refusal, Sequencer, Step};
 
@@ -78,18 +78,18 @@ pub(crate) struct Process<R> {
     pub(crate) pid: u32,
     pub(crate) stdio: StdioConfig,
     pub(crate) exit: Option<ExitInfo>,
-    spec: Option<ExecSpec>,
+    pub(super) spec: Option<ExecSpec>,
     /// The shell's resources of this process.
     pub(crate) res: R,
 }
 
 impl<R> Process<R> {
-    fn new(pid: u32, stdio: StdioConfig, res: R) -> Self {
+    pub(super) fn new(pid: u32, stdio: StdioConfig, res: R) -> Self {
         Process { state: State::Created, pid, stdio, exit: None, spec: None, res }
     }
 
     /// What Delete reports: its exit, or status 0 at the epoch for a process that never ran.
-    fn deleted(&self) -> Deleted {
+    pub(super) fn deleted(&self) -> Deleted {
         let exit = self.exit.unwrap_or(ExitInfo { pid: self.pid, status: 0, at: SystemTime::UNIX_EPOCH });
         Deleted { pid: self.pid, status: exit.status, at: exit.at }
     }
@@ -110,25 +110,25 @@ pub(crate) struct CoreConfig {
 /// The lifecycle state of one container.
 #[derive(Debug)]
 pub(crate) struct Core<R> {
-    id: String,
+    pub(super) id: String,
     bundle: PathBuf,
-    seq: Sequencer,
-    init: Process<R>,
-    execs: HashMap<String, Process<R>>,
+    pub(super) seq: Sequencer,
+    pub(super) init: Process<R>,
+    pub(super) execs: HashMap<String, Process<R>>,
     rootfs_mounted: bool,
     restore: Option<PendingRestore>,
     shares_pid_ns: bool,
     /// The init's exit, held while the `kill --all` it triggered runs (no private pid
     /// namespace): as in the Go shim, the init is not reported exited before the rest of the
     /// container was signalled, so a Delete right after Wait never finds the cgroup frozen.
-    init_exit_killing: Option<ExitInfo>,
+    pub(super) init_exit_killing: Option<ExitInfo>,
     /// A SIGKILL was sent while a `runc pause` was in flight: it may have reached a process
     /// the pause then froze (the v1 freezer does not let a frozen task die), so the init is
     /// thawed once the pause returned.
     thaw_after_pause: bool,
 }
 
-fn not_found_exec(exec_id: &str) -> RuntimeError {
+pub(super) fn not_found_exec(exec_id: &str) -> RuntimeError {
     RuntimeError::ProcessNotFound { exec_id: exec_id.to_owned() }
 }
 
@@ -193,7 +193,7 @@ impl<R> Core<R> {
         self.apply(steps)
     }
 
-    fn apply(&mut self, steps: Vec<Step>) -> Effects {
+    pub(super) fn apply(&mut self, steps: Vec<Step>) -> Effects {
         let mut out = Vec::with_capacity(steps.len() * 3);
         for step in steps {
             match step {
@@ -268,7 +268,7 @@ impl<R> Core<R> {
         Ok(self.restore.clone())
     }
 
-    fn refused(&self, refusal: Refusal) -> RuntimeError {
+    pub(super) fn refused(&self, refusal: Refusal) -> RuntimeError {
         RuntimeError::StartRefused { id: self.id.clone(), refusal }
     }
 
@@ -301,86 +301,6 @@ impl<R> Core<R> {
         }
     }
 
-    /// Exec: registers the process (no runtime call).
-    pub(crate) fn add_exec(&mut self, exec_id: String, spec: ExecSpec, stdio: StdioConfig, res: R) -> Result<Effects> {
-        // As in the Go shim, adding an exec is a state check only; its Start is what the
-        // sequencer refuses once the init's exit was observed (SPEC §4.7 no. 7).
-        self.init.state.can_exec()?;
-        if self.execs.contains_key(&exec_id) {
-            return Err(RuntimeError::AlreadyExists { id: exec_id });
-        }
-        let mut p = Process::new(0, stdio, res);
-        p.spec = Some(spec);
-        self.execs.insert(exec_id.clone(), p);
-        let mut ev = TaskExecAdded::new();
-        ev.container_id = self.id.clone();
-        ev.exec_id = exec_id;
-        let steps = self.seq.exec_added(ev);
-        Ok(self.apply(steps))
-    }
-
-    /// Start of an exec: its spec and stdio for `runc exec`.
-    pub(crate) fn start_exec(&mut self, exec_id: &str) -> Result<(ExecSpec, StdioConfig)> {
-        let p = self.execs.get(exec_id).ok_or_else(|| not_found_exec(exec_id))?;
-        let starting = p.state.start()?;
-        if self.init_exit_killing.is_some() {
-            return Err(self.refused(Refusal::InitExited));
-        }
-        self.seq.exec_starting(exec_id).map_err(|refusal| self.refused(refusal))?;
-        let p = self.execs.get_mut(exec_id).ok_or_else(|| not_found_exec(exec_id))?;
-        p.state = starting;
-        let spec = p.spec.clone().unwrap_or_else(|| ExecSpec::from(&b"{}"[..]));
-        Ok((spec, p.stdio.clone()))
-    }
-
-    /// An exec's start returned: `Ok(pid)`, or the error with the exit of a process the
-    /// runtime had started anyway (killed and reaped before this). Apply the effects (after
-    /// giving a started exec its IO), then reply with the returned result.
-    pub(crate) fn exec_started(
-        &mut self,
-        exec_id: &str,
-        result: Result<u32, (RuntimeError, Option<ExitInfo>)>,
-    ) -> (Effects, Result<u32>) {
-        let Some(p) = self.execs.get_mut(exec_id) else {
-            return (Vec::new(), Err(not_found_exec(exec_id)));
-        };
-        let process = ProcessId::Exec(exec_id.to_owned());
-        match result {
-            Ok(pid) => {
-                p.pid = pid;
-                p.state = p.state.started();
-                let mut ev = TaskExecStarted::new();
-                ev.container_id = self.id.clone();
-                ev.exec_id = exec_id.to_owned();
-                ev.pid = pid;
-                let steps = self.seq.exec_started(ev);
-                let mut out = self.apply(steps);
-                out.push(Effect::Claim(process, pid));
-                (out, Ok(pid))
-            }
-            Err((error, None)) => {
-                // The exec is created again; its waiters are released with status 0 (SPEC §4.9).
-                p.state = p.state.start_failed();
-                let never = ExitInfo { pid: 0, status: 0, at: SystemTime::UNIX_EPOCH };
-                let mut out = vec![Effect::ReleaseWaiters(process, never)];
-                let steps = self.seq.exec_start_failed(exec_id);
-                out.extend(self.apply(steps));
-                (out, Err(error))
-            }
-            Err((error, Some(exit))) => {
-                // A process ran and was killed: the exec is stopped (it cannot be started
-                // again) with that exit, and no event names it, as no TaskExecStarted went out.
-                p.pid = exit.pid;
-                p.state = State::Stopped;
-                p.exit = Some(exit);
-                let mut out = vec![Effect::ReleaseWaiters(process, exit)];
-                let steps = self.seq.exec_start_failed(exec_id);
-                out.extend(self.apply(steps));
-                (out, Err(error))
-            }
-        }
-    }
-
     /// Kill: how to deliver `signal` (validated by the shell for an exec's `kill(2)`).
     pub(crate) fn kill(&mut self, exec_id: Option<&str>, signal: u32) -> Result<KillPlan> {
         match exec_id {
@@ -403,20 +323,6 @@ impl<R> Core<R> {
                 }
             }
         }
-    }
-
-    /// Delete of an exec: what it reports, its payload (whose output the reply waits for), and
-    /// the effects. The shell also removes its pid file.
-    pub(crate) fn delete_exec(&mut self, exec_id: &str) -> Result<(Deleted, R, Effects)> {
-        let p = self.execs.get(exec_id).ok_or_else(|| not_found_exec(exec_id))?;
-        p.state.can_delete()?;
-        let p = self.execs.remove(exec_id).ok_or_else(|| not_found_exec(exec_id))?;
-        self.seq.exec_removed(exec_id);
-        let mut out = Vec::new();
-        if p.pid != 0 {
-            out.push(Effect::Forget(ProcessId::Exec(exec_id.to_owned()), p.pid));
-        }
-        Ok((p.deleted(), p.res, out))
     }
 
     /// Delete of the init: what the teardown runs (the shell takes the init's IO to drain).
@@ -476,11 +382,6 @@ impl<R> Core<R> {
             self.execs.get(e).ok_or_else(|| not_found_exec(e))?.state.can_resize_exec()?;
         }
         self.res_mut(exec_id)
-    }
-
-    /// Pids of the execs that have one, for Pids.
-    pub(crate) fn exec_pids(&self) -> HashMap<u32, String> {
-        self.execs.iter().filter(|(_, p)| p.pid != 0).map(|(id, p)| (p.pid, id.clone())).collect()
     }
 
     /// Pause (`pause`) or resume: allowed? A pause is in flight until [`Self::paused`].

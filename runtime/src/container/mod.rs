@@ -9,10 +9,12 @@
 //! - `core`: the lifecycle rules as a pure state machine (inputs in, effects out), unit- and
 //!   property-tested without root, runc or tokio;
 //! - `shell`: the tokio loop that feeds the core and carries out its effects;
-//! - `calls`: the OCI calls it runs as child tasks.
+//! - `exec`: the exec verbs of the core;
+//! - `calls`: the OCI calls the shell runs as child tasks.
 
 mod calls;
 mod core;
+mod exec;
 pub mod handle;
 mod shell;
 #[cfg(test)]
