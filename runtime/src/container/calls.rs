@@ -17,9 +17,19 @@ use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::oci::{read_pid_file, OciError, OciRuntime};
 
 impl Shell {
-    /// A span for an OCI call of this container.
+    /// A span for an OCI call of this container (`pid` 0: not known yet, recorded later).
     pub(super) fn span(&self, op: &'static str, exec_id: Option<&str>, pid: u32) -> tracing::Span {
-        tracing::debug_span!("oci", op, container_id = %self.core.id(), exec_id = exec_id.unwrap_or(""), pid)
+        let span = tracing::debug_span!(
+            "oci",
+            op,
+            container_id = self.core.id(),
+            exec_id = exec_id.unwrap_or(""),
+            pid = tracing::field::Empty
+        );
+        if pid != 0 {
+            span.record("pid", pid);
+        }
+        span
     }
 
     pub(super) fn start_init(&mut self, reply: Reply<u32>) {

@@ -174,7 +174,8 @@ impl Shell {
                 Effect::KillAll(exit) => {
                     let (runtime, tx) = (Arc::clone(&self.runtime), self.self_tx.clone());
                     let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
-                    let span = tracing::debug_span!("oci", op = "kill --all", container_id = %id, pid = exit.pid);
+                    let span =
+                        tracing::debug_span!("oci", op = "kill --all", container_id = id.as_str(), pid = exit.pid);
                     self.tasks.spawn(
                         async move {
                             if let Err(e) = runtime.kill(&id, &bundle, 9, true).await {
