@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
-use crate::oci::{read_pid_file, CheckpointOpts, OciError, RestoreOpts, Runtime, RuntimeStdio};
+use crate::oci::{read_pid_file, CheckpointOpts, OciError, OciRuntime, RestoreOpts, RuntimeStdio};
 use crate::reaper::Subscription;
 
 /// What a Create from a checkpoint leaves for Start: as in the Go shim, `runc restore` runs at
@@ -26,7 +26,7 @@ pub struct PendingRestore {
 /// returns the restored init's pid, its IO copies and the subscription to claim it with. A
 /// failure leaves no runtime state behind (the container stays created, as in the Go shim).
 pub async fn restore_init(
-    runtime: &Runtime,
+    runtime: &OciRuntime,
     bundle: &Path,
     stdio: &StdioConfig,
     (uid, gid): (u32, u32),
@@ -68,7 +68,7 @@ pub const DUMP_LOG: &str = "criu-dump.log";
 const MAX_CRIU_LINES: usize = 3;
 
 /// Checkpoints `id`. `opts.work_path` empty means the default (temporary) work dir.
-pub async fn checkpoint(runtime: &Runtime, id: &str, bundle: &Path, mut opts: CheckpointOpts) -> Result<()> {
+pub async fn checkpoint(runtime: &OciRuntime, id: &str, bundle: &Path, mut opts: CheckpointOpts) -> Result<()> {
     let temporary = opts.work_path.as_os_str().is_empty();
     // containerd links `<bundle>/work` to the shim's work dir; without it (runc only makes the
     // last path element) it is made here, and then it is ours to remove.
@@ -97,7 +97,7 @@ pub async fn checkpoint(runtime: &Runtime, id: &str, bundle: &Path, mut opts: Ch
 /// made and removed here when it is missing). A failure quotes CRIU's errors and leaves its
 /// log in `<bundle>/criu-restore.log`.
 pub async fn restore(
-    runtime: &Runtime,
+    runtime: &OciRuntime,
     id: &str,
     bundle: &Path,
     pid_file: &Path,

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use containerd_shim_protos::events::task::TaskCreate;
 use tokio::sync::oneshot;
 
-use crate::container::{self, ContainerHandle, NewContainer, Shared};
+use crate::container::{self, NewContainer, Shared, Spawned};
 use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::mount::{self, MountSpec};
-use crate::oci::{read_pid_file, CreateOpts, Runtime};
+use crate::oci::{read_pid_file, CreateOpts, OciRuntime};
 use crate::options::{validate_id, BundleSpec, RuncOptions};
 use crate::registry::Reservation;
 
@@ -73,7 +73,7 @@ fn bundle_path(raw: &str) -> Result<PathBuf> {
 /// Undoes a partial Create when dropped unarmed.
 struct Rollback<'a> {
     rootfs: Option<PathBuf>,
-    runtime: Option<(&'a Runtime, &'a str, PathBuf)>,
+    runtime: Option<(&'a OciRuntime, &'a str, PathBuf)>,
 }
 
 impl Rollback<'_> {
@@ -117,7 +117,7 @@ async fn create(
     shared: &Shared,
     params: CreateParams,
     requester: &oneshot::Sender<Result<u32>>,
-) -> Result<(u32, ContainerHandle)> {
+) -> Result<(u32, Spawned)> {
     validate_id(&params.id).map_err(|reason| RuntimeError::InvalidArgument { field: "id", reason })?;
     let bundle = bundle_path(&params.bundle)?;
     let spec = BundleSpec::load(&bundle)?;
@@ -130,7 +130,7 @@ async fn create(
     }
     let opts = &params.options;
     opts.write_to_bundle(&bundle)?;
-    let runtime = Arc::new(Runtime::new(
+    let runtime = Arc::new(OciRuntime::new(
         opts.binary(),
         opts.root_for(&params.namespace),
         opts.systemd_cgroup,

@@ -42,9 +42,24 @@ pub enum RuntimeError {
     /// The process's state does not allow the request.
     #[error(transparent)]
     State(#[from] InvalidTransition),
-    /// A precondition other than a state transition (init exited, exec not started).
-    #[error("{0}")]
-    Precondition(String),
+    /// The sequencer refuses the start: the init's exit was observed (no exec may start, SPEC
+    /// §4.7 no. 9), or the process already began to start.
+    #[error("container {id}: {refusal}")]
+    StartRefused {
+        /// The container id.
+        id: String,
+        /// Why.
+        refusal: shim_events::Refusal,
+    },
+    /// The init cannot be deleted while an exec is starting or running (its exit would follow
+    /// TaskDelete).
+    #[error("cannot delete the init process while exec {exec_id} is {state}")]
+    ExecActive {
+        /// The exec id.
+        exec_id: String,
+        /// Its state's name.
+        state: &'static str,
+    },
     /// Not implemented by this shim yet.
     #[error("{0} is not implemented")]
     Unimplemented(&'static str),

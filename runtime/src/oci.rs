@@ -98,7 +98,7 @@ const KILLED_REAP_WAIT: std::time::Duration = std::time::Duration::from_secs(10)
 
 /// One OCI runtime configuration (binary, state root, cgroup driver).
 #[derive(Debug, Clone)]
-pub struct Runtime {
+pub struct OciRuntime {
     binary: String,
     root: PathBuf,
     systemd_cgroup: bool,
@@ -138,10 +138,10 @@ async fn read_all(fd: OwnedFd) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-impl Runtime {
+impl OciRuntime {
     /// A runtime driver. `root` is the runtime's state root *including* the namespace.
     pub fn new(binary: impl Into<String>, root: impl Into<PathBuf>, systemd_cgroup: bool, reaper: Reaper) -> Self {
-        Runtime { binary: binary.into(), root: root.into(), systemd_cgroup, reaper }
+        OciRuntime { binary: binary.into(), root: root.into(), systemd_cgroup, reaper }
     }
 
     /// The binary name.

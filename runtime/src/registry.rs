@@ -4,14 +4,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::container::ContainerHandle;
+use crate::container::handle::ContainerHandle;
+use crate::container::Spawned;
 use crate::error::{Result, RuntimeError};
 
 #[derive(Debug)]
 enum Slot {
     /// A Create is in flight for this id.
     Creating,
-    Ready(ContainerHandle),
+    /// The container's handle and its actor's task: a finished task here is an actor that
+    /// ended without its init being deleted (a bug): the id is freed and the end logged.
+    Ready(ContainerHandle, tokio::task::JoinHandle<()>),
 }
 
 /// The containers of this shim.
@@ -30,8 +33,8 @@ pub struct Reservation {
 
 impl Reservation {
     /// Publishes the container under the reserved id.
-    pub fn fulfill(mut self, handle: ContainerHandle) {
-        self.registry.lock().insert(self.id.clone(), Slot::Ready(handle));
+    pub fn fulfill(mut self, Spawned { handle, task }: Spawned) {
+        self.registry.lock().insert(self.id.clone(), Slot::Ready(handle, task));
         self.fulfilled = true;
     }
 }
@@ -62,8 +65,14 @@ impl Registry {
 
     /// The container `id`.
     pub fn get(&self, id: &str) -> Result<ContainerHandle> {
-        match self.lock().get(id) {
-            Some(Slot::Ready(h)) => Ok(h.clone()),
+        let mut slots = self.lock();
+        match slots.get(id) {
+            Some(Slot::Ready(_, task)) if task.is_finished() => {
+                tracing::error!(container_id = %id, "container actor ended while its container existed");
+                slots.remove(id);
+                Err(RuntimeError::Gone { id: id.to_owned() })
+            }
+            Some(Slot::Ready(h, _)) => Ok(h.clone()),
             _ => Err(RuntimeError::ContainerNotFound { id: id.to_owned() }),
         }
     }

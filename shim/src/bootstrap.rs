@@ -15,7 +15,7 @@ use containerd_shim_protos::api::DeleteResponse;
 use protobuf::well_known_types::any::Any;
 use protobuf::Message;
 use sha2::{Digest, Sha256};
-use shim_runtime::oci::Runtime;
+use shim_runtime::oci::OciRuntime;
 use shim_runtime::options::{validate_id, BundleSpec, RuncOptions};
 use shim_runtime::reaper::Reaper;
 use shim_runtime::sys;
@@ -339,7 +339,7 @@ pub fn delete(flags: &Flags) -> Result<()> {
         }
         let reaper = Reaper::new();
         let task = tokio::spawn(reaper.run()?);
-        let runtime = Runtime::new(opts.binary(), root, opts.systemd_cgroup, reaper);
+        let runtime = OciRuntime::new(opts.binary(), root, opts.systemd_cgroup, reaper);
         let log = log.exists().then_some(log.as_path());
         let r = tokio::time::timeout(Duration::from_secs(4), runtime.delete(&flags.id, log, true)).await;
         task.abort();

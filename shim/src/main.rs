@@ -30,8 +30,12 @@ fn init_logging(debug: bool) {
     // EPIPE (or EAGAIN). Such a log line is dropped. tracing-subscriber would otherwise report the
     // failure with `eprintln!`, which panics on the same broken stderr and kills the task that
     // logged (a container's actor: every later RPC on it answered "being deleted").
+    // Under `-debug` each RPC and each OCI call is a span whose close is logged with the
+    // container, exec and pid and its duration, so containerd's debug log reads as a story; at
+    // the default level the spans are disabled and cost a level check.
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .log_internal_errors(false)
@@ -47,7 +51,7 @@ fn libc_nonblock() -> i32 {
 fn main() -> ExitCode {
     // runc must not see systemd's NOTIFY_SOCKET (containerd under Type=notify passes it on):
     // dropped here, while the process has one thread, rather than per runc call (see
-    // `oci::Runtime::command`: removing it from every Command copies the whole environment).
+    // `oci::OciRuntime::command`: removing it from every Command copies the whole environment).
     std::env::remove_var("NOTIFY_SOCKET");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (flags, action) = match cli::parse(&args) {

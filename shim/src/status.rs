@@ -49,7 +49,9 @@ pub fn code(e: &ShimError) -> Code {
             RuntimeError::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             RuntimeError::Cancelled { .. } => Code::CANCELLED,
             RuntimeError::InvalidArgument { .. } | RuntimeError::Options(_) => Code::INVALID_ARGUMENT,
-            RuntimeError::State(_) | RuntimeError::Precondition(_) => Code::FAILED_PRECONDITION,
+            RuntimeError::State(_) | RuntimeError::StartRefused { .. } | RuntimeError::ExecActive { .. } => {
+                Code::FAILED_PRECONDITION
+            }
             RuntimeError::Unimplemented(_) => Code::UNIMPLEMENTED,
             RuntimeError::Cgroup(CgroupError::Deleted { .. }) => Code::NOT_FOUND,
             RuntimeError::Cgroup(_) => Code::INTERNAL,
@@ -94,7 +96,11 @@ mod tests {
             (rt(RuntimeError::AlreadyExists { id: "x".into() }), Code::ALREADY_EXISTS),
             (rt(RuntimeError::InvalidArgument { field: "id", reason: "r".into() }), Code::INVALID_ARGUMENT),
             (rt(RuntimeError::State(State::Running.can_delete().unwrap_err())), Code::FAILED_PRECONDITION),
-            (rt(RuntimeError::Precondition("p".into())), Code::FAILED_PRECONDITION),
+            (
+                rt(RuntimeError::StartRefused { id: "c".into(), refusal: shim_events::Refusal::InitExited }),
+                Code::FAILED_PRECONDITION,
+            ),
+            (rt(RuntimeError::ExecActive { exec_id: "e".into(), state: "running" }), Code::FAILED_PRECONDITION),
             (rt(RuntimeError::Oci(OciError::ProcessFinished)), Code::NOT_FOUND),
             (rt(RuntimeError::Oci(OciError::BinaryNotFound { binary: "no-runc".into() })), Code::UNKNOWN),
             (

@@ -1,8 +1,9 @@
-//! Exec: decode the OCI process spec (JSON in an `Any`) and register the exec.
+//! Exec: decode and validate the OCI process spec (JSON in an `Any`), set `terminal`, encode it
+//! once, and register the exec.
 
 use containerd_shim_protos::api::ExecProcessRequest;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
-use shim_runtime::container::ContainerHandle;
+use shim_runtime::container::{ContainerHandle, ExecSpec};
 use shim_runtime::io::StdioConfig;
 
 use crate::status::ShimError;
@@ -37,10 +38,12 @@ pub(super) async fn exec(container: ContainerHandle, req: ExecProcessRequest) ->
         return Err(invalid("spec", "args must be a non-empty array".into()));
     }
     obj.insert("terminal".into(), serde_json::Value::Bool(req.terminal));
+    // Encoded once, as runc reads it: each start attempt shares these bytes.
+    let encoded = serde_json::to_vec(&process).map_err(|e| invalid("spec", e.to_string()))?;
     // Never log the spec: it carries the environment.
     // Debug, not info: one line per exec is a write to the log fifo and a copy in containerd.
     tracing::debug!(exec_id = %req.exec_id, spec_bytes = spec.value.len(), "exec");
     let stdio = StdioConfig { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
-    container.exec(req.exec_id, process, stdio).await?;
+    container.exec(req.exec_id, ExecSpec::from(encoded), stdio).await?;
     Ok(Empty::new())
 }

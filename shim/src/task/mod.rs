@@ -32,6 +32,7 @@ use shim_runtime::container::Shared;
 use shim_runtime::options::validate_id;
 use shim_runtime::process::State;
 use tokio::sync::Notify;
+use tracing::Instrument;
 use ttrpc::asynchronous::{MethodHandler, TtrpcContext};
 
 use crate::status::ShimError;
@@ -64,14 +65,34 @@ fn check_exec_id(exec_id: &str) -> Result<(), ShimError> {
 
 fn status_of(state: State) -> Status {
     match state {
-        State::Created => Status::CREATED,
-        State::Running => Status::RUNNING,
+        State::Created | State::Starting => Status::CREATED,
+        State::Running | State::Pausing => Status::RUNNING,
         State::Paused => Status::PAUSED,
         State::Stopped | State::Deleted => Status::STOPPED,
     }
 }
 
 type TtrpcResult<T> = ttrpc::Result<T>;
+
+/// The span of one RPC: method, container id, exec id, and the pid once known (never the
+/// process spec: it carries the environment). At the default (info) level it is disabled and
+/// costs a level check; under `-debug` its close is logged with its duration.
+fn rpc_span(method: &'static str, id: &str, exec_id: &str) -> tracing::Span {
+    tracing::debug_span!("rpc", method, container_id = id, exec_id, pid = tracing::field::Empty)
+}
+
+/// Runs an RPC handler in its span; a failure is logged (debug) in it.
+async fn traced<T>(span: tracing::Span, f: impl std::future::Future<Output = TtrpcResult<T>>) -> TtrpcResult<T> {
+    async move {
+        let r = f.await;
+        if let Err(e) = &r {
+            tracing::debug!(error = ?e, "rpc failed");
+        }
+        r
+    }
+    .instrument(span)
+    .await
+}
 
 impl TaskService {
     /// A service over the shim's shared state; `shutdown` is notified when Shutdown finds no
@@ -146,168 +167,240 @@ impl MethodHandler for DecodeCheck {
 #[async_trait]
 impl Task for TaskService {
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        check_exec_id(&req.exec_id)?;
-        let s = self.container(&req.id)?.state(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
-        let mut r = StateResponse::new();
-        r.id = s.id;
-        r.bundle = s.bundle.display().to_string();
-        r.pid = s.pid;
-        r.status = status_of(s.state).into();
-        r.stdin = s.stdio.stdin;
-        r.stdout = s.stdio.stdout;
-        r.stderr = s.stdio.stderr;
-        r.terminal = s.stdio.terminal;
-        if let Some(exit) = s.exit {
-            r.exit_status = exit.status;
-            r.exited_at = protobuf::MessageField::some(timestamp(exit.at));
-        }
-        Ok(r)
+        let span = rpc_span("state", &req.id, &req.exec_id);
+        traced(span, async move {
+            check_exec_id(&req.exec_id)?;
+            let s = self.container(&req.id)?.state(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+            let mut r = StateResponse::new();
+            r.id = s.id;
+            r.bundle = s.bundle.display().to_string();
+            r.pid = s.pid;
+            r.status = status_of(s.state).into();
+            r.stdin = s.stdio.stdin;
+            r.stdout = s.stdio.stdout;
+            r.stderr = s.stdio.stderr;
+            r.terminal = s.stdio.terminal;
+            if let Some(exit) = s.exit {
+                r.exit_status = exit.status;
+                r.exited_at = protobuf::MessageField::some(timestamp(exit.at));
+            }
+            Ok(r)
+        })
+        .await
     }
 
     async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
-        self.check_event_backlog()?;
-        Ok(create::create(&self.shared, &self.namespace, req).await?)
+        let span = rpc_span("create", &req.id, "");
+        traced(span, async move {
+            self.check_event_backlog()?;
+            Ok(create::create(&self.shared, &self.namespace, req).await?)
+        })
+        .await
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        check_exec_id(&req.exec_id)?;
-        let pid = self.container(&req.id)?.start(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
-        let mut r = StartResponse::new();
-        r.pid = pid;
-        Ok(r)
+        let span = rpc_span("start", &req.id, &req.exec_id);
+        traced(span, async move {
+            check_exec_id(&req.exec_id)?;
+            let pid = self.container(&req.id)?.start(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+            tracing::Span::current().record("pid", pid);
+            let mut r = StartResponse::new();
+            r.pid = pid;
+            Ok(r)
+        })
+        .await
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        check_exec_id(&req.exec_id)?;
-        let d = self.container(&req.id)?.delete(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
-        // A deleted process's buffers are free now: give the pages back (idle RSS budget).
-        shim_runtime::sys::trim_heap();
-        let mut r = DeleteResponse::new();
-        r.pid = d.pid;
-        r.exit_status = d.status;
-        r.exited_at = protobuf::MessageField::some(timestamp(d.at));
-        Ok(r)
+        let span = rpc_span("delete", &req.id, &req.exec_id);
+        traced(span, async move {
+            check_exec_id(&req.exec_id)?;
+            let d = self.container(&req.id)?.delete(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+            // A deleted process's buffers are free now: give the pages back (idle RSS budget).
+            shim_runtime::sys::trim_heap();
+            let mut r = DeleteResponse::new();
+            r.pid = d.pid;
+            r.exit_status = d.status;
+            r.exited_at = protobuf::MessageField::some(timestamp(d.at));
+            Ok(r)
+        })
+        .await
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        let pids = self.container(&req.id)?.pids().await.map_err(ShimError::from)?;
-        let mut r = PidsResponse::new();
-        for (pid, exec_id) in pids {
-            let mut p = ProcessInfo::new();
-            p.pid = pid;
-            if let Some(exec_id) = exec_id {
-                let mut d = ProcessDetails::new();
-                d.exec_id = exec_id;
-                let mut any = Any::new();
-                any.type_url = "containerd.runc.v1.ProcessDetails".into();
-                any.value = d.write_to_bytes().map_err(|e| ShimError::invalid_argument("pids", e.to_string()))?;
-                p.info = protobuf::MessageField::some(any);
+        let span = rpc_span("pids", &req.id, "");
+        traced(span, async move {
+            let pids = self.container(&req.id)?.pids().await.map_err(ShimError::from)?;
+            let mut r = PidsResponse::new();
+            for (pid, exec_id) in pids {
+                let mut p = ProcessInfo::new();
+                p.pid = pid;
+                if let Some(exec_id) = exec_id {
+                    let mut d = ProcessDetails::new();
+                    d.exec_id = exec_id;
+                    let mut any = Any::new();
+                    any.type_url = "containerd.runc.v1.ProcessDetails".into();
+                    any.value = d.write_to_bytes().map_err(|e| ShimError::invalid_argument("pids", e.to_string()))?;
+                    p.info = protobuf::MessageField::some(any);
+                }
+                r.processes.push(p);
             }
-            r.processes.push(p);
-        }
-        Ok(r)
+            Ok(r)
+        })
+        .await
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        check_exec_id(&req.exec_id)?;
-        if req.signal == 0 || req.signal > 64 {
-            return Err(ShimError::invalid_argument("signal", req.signal.to_string()).into());
-        }
-        self.container(&req.id)?.kill(exec_opt(&req.exec_id), req.signal, req.all).await.map_err(ShimError::from)?;
-        Ok(Empty::new())
+        let span = rpc_span("kill", &req.id, &req.exec_id);
+        traced(span, async move {
+            check_exec_id(&req.exec_id)?;
+            if req.signal == 0 || req.signal > 64 {
+                return Err(ShimError::invalid_argument("signal", req.signal.to_string()).into());
+            }
+            self.container(&req.id)?
+                .kill(exec_opt(&req.exec_id), req.signal, req.all)
+                .await
+                .map_err(ShimError::from)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        self.check_event_backlog()?;
-        Ok(exec::exec(self.container(&req.id)?, req).await?)
+        let span = rpc_span("exec", &req.id, &req.exec_id);
+        traced(span, async move {
+            self.check_event_backlog()?;
+            Ok(exec::exec(self.container(&req.id)?, req).await?)
+        })
+        .await
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        let cgroup = self.container(&req.id)?.cgroup().await.map_err(ShimError::from)?;
-        // Read outside the container's actor: Stats never waits behind it, nor it behind Stats.
-        let stats = cgroup.stats().map_err(|e| ShimError::from(shim_runtime::RuntimeError::from(e)))?;
-        let mut r = StatsResponse::new();
-        r.stats = protobuf::MessageField::some(stats);
-        Ok(r)
+        let span = rpc_span("stats", &req.id, "");
+        traced(span, async move {
+            let cgroup = self.container(&req.id)?.cgroup().await.map_err(ShimError::from)?;
+            // Read outside the container's actor: Stats never waits behind it, nor it behind Stats.
+            let stats = cgroup.stats().map_err(|e| ShimError::from(shim_runtime::RuntimeError::from(e)))?;
+            let mut r = StatsResponse::new();
+            r.stats = protobuf::MessageField::some(stats);
+            Ok(r)
+        })
+        .await
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        self.container(&req.id)?.pause().await.map_err(ShimError::from)?;
-        Ok(Empty::new())
+        let span = rpc_span("pause", &req.id, "");
+        traced(span, async move {
+            self.container(&req.id)?.pause().await.map_err(ShimError::from)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        self.container(&req.id)?.resume().await.map_err(ShimError::from)?;
-        Ok(Empty::new())
+        let span = rpc_span("resume", &req.id, "");
+        traced(span, async move {
+            self.container(&req.id)?.resume().await.map_err(ShimError::from)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        let container = self.container(&req.id)?;
-        let resources = update::resources(&req)?;
-        container.update(resources).await.map_err(ShimError::from)?;
-        Ok(Empty::new())
+        let span = rpc_span("update", &req.id, "");
+        traced(span, async move {
+            let container = self.container(&req.id)?;
+            let resources = update::resources(&req)?;
+            container.update(resources).await.map_err(ShimError::from)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
-        let container = self.container(&req.id)?;
-        let opts = checkpoint::options(&req)?;
-        container.checkpoint(opts).await.map_err(ShimError::from)?;
-        Ok(Empty::new())
+        let span = rpc_span("checkpoint", &req.id, "");
+        traced(span, async move {
+            let container = self.container(&req.id)?;
+            let opts = checkpoint::options(&req)?;
+            container.checkpoint(opts).await.map_err(ShimError::from)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        check_exec_id(&req.exec_id)?;
-        self.container(&req.id)?
-            .resize(exec_opt(&req.exec_id), req.width, req.height)
-            .await
-            .map_err(ShimError::from)?;
-        Ok(Empty::new())
+        let span = rpc_span("resize_pty", &req.id, &req.exec_id);
+        traced(span, async move {
+            check_exec_id(&req.exec_id)?;
+            self.container(&req.id)?
+                .resize(exec_opt(&req.exec_id), req.width, req.height)
+                .await
+                .map_err(ShimError::from)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        check_exec_id(&req.exec_id)?;
-        self.container(&req.id)?.close_io(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
-        Ok(Empty::new())
+        let span = rpc_span("close_io", &req.id, &req.exec_id);
+        traced(span, async move {
+            check_exec_id(&req.exec_id)?;
+            self.container(&req.id)?.close_io(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        check_exec_id(&req.exec_id)?;
-        let mut watch = self.container(&req.id)?.wait(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
-        let exit = match watch.wait_for(Option::is_some).await {
-            Ok(v) => *v,
-            Err(_) => None,
-        };
-        let exit = exit.ok_or_else(|| ShimError::from(shim_runtime::RuntimeError::Gone { id: req.id.clone() }))?;
-        let mut r = WaitResponse::new();
-        r.exit_status = exit.status;
-        r.exited_at = protobuf::MessageField::some(timestamp(exit.at));
-        Ok(r)
+        let span = rpc_span("wait", &req.id, &req.exec_id);
+        traced(span, async move {
+            check_exec_id(&req.exec_id)?;
+            let mut watch = self.container(&req.id)?.wait(exec_opt(&req.exec_id)).await.map_err(ShimError::from)?;
+            let exit = match watch.wait_for(Option::is_some).await {
+                Ok(v) => *v,
+                Err(_) => None,
+            };
+            let exit = exit.ok_or_else(|| ShimError::from(shim_runtime::RuntimeError::Gone { id: req.id.clone() }))?;
+            let mut r = WaitResponse::new();
+            r.exit_status = exit.status;
+            r.exited_at = protobuf::MessageField::some(timestamp(exit.at));
+            Ok(r)
+        })
+        .await
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
-        // As the Go shim: an unknown (or empty) id still answers, with task_pid 0; a malformed
-        // one is refused like everywhere else.
-        if !req.id.is_empty() {
-            check_id(&req.id)?;
-        }
-        let mut r = ConnectResponse::new();
-        r.shim_pid = std::process::id();
-        if let Ok(h) = self.container(&req.id) {
-            if let Ok(s) = h.state(None).await {
-                r.task_pid = s.pid;
+        let span = rpc_span("connect", &req.id, "");
+        traced(span, async move {
+            // As the Go shim: an unknown (or empty) id still answers, with task_pid 0; a malformed
+            // one is refused like everywhere else.
+            if !req.id.is_empty() {
+                check_id(&req.id)?;
             }
-        }
-        Ok(r)
+            let mut r = ConnectResponse::new();
+            r.shim_pid = std::process::id();
+            if let Ok(h) = self.container(&req.id) {
+                if let Ok(s) = h.state(None).await {
+                    r.task_pid = s.pid;
+                }
+            }
+            Ok(r)
+        })
+        .await
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<Empty> {
-        // The id is informational (the Go shim ignores it); a malformed one is still refused.
-        if !req.id.is_empty() {
-            check_id(&req.id)?;
-        }
-        if self.shared.registry.is_empty() {
-            self.shutdown.notify_one();
-        }
-        Ok(Empty::new())
+        let span = rpc_span("shutdown", &req.id, "");
+        traced(span, async move {
+            // The id is informational (the Go shim ignores it); a malformed one is still refused.
+            if !req.id.is_empty() {
+                check_id(&req.id)?;
+            }
+            if self.shared.registry.is_empty() {
+                self.shutdown.notify_one();
+            }
+            Ok(Empty::new())
+        })
+        .await
     }
 }
