@@ -92,3 +92,28 @@ impl Registry {
         self.lock().len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn an_actor_that_ended_without_its_delete_frees_its_id() {
+        let registry = Arc::new(Registry::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = stopped.await;
+        });
+        registry.reserve("c").unwrap().fulfill(Spawned { handle: ContainerHandle::detached("c"), task });
+        assert!(registry.get("c").is_ok(), "running actor");
+        drop(stop);
+        // Let the task finish.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(registry.get("c"), Err(RuntimeError::Gone { .. })));
+        assert!(registry.is_empty(), "its id is free again");
+        assert!(matches!(registry.get("c"), Err(RuntimeError::ContainerNotFound { .. })));
+    }
+}

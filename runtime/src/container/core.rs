@@ -123,8 +123,9 @@ pub(crate) struct Core<R> {
     /// container was signalled, so a Delete right after Wait never finds the cgroup frozen.
     pub(super) init_exit_killing: Option<ExitInfo>,
     /// A SIGKILL was sent while a `runc pause` was in flight: it may have reached a process
-    /// the pause then froze (the v1 freezer does not let a frozen task die), so the init is
-    /// thawed once the pause returned.
+    /// the pause froze, so the init is thawed once the pause returned, by the same rule as a
+    /// SIGKILL of a paused init. (Where a frozen task does not die until thawed; kernel 6.18
+    /// with runc 1.1.5 here kills it anyway, so this is not observable on this machine.)
     thaw_after_pause: bool,
 }
 

@@ -128,6 +128,12 @@ impl ContainerHandle {
         ContainerHandle { id: Arc::from(id), tx }
     }
 
+    /// A handle whose actor is gone (tests of the registry).
+    #[cfg(test)]
+    pub(crate) fn detached(id: &str) -> Self {
+        ContainerHandle::new(id, mpsc::unbounded_channel().0)
+    }
+
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).map_err(|_| RuntimeError::Gone { id: self.id.to_string() })?;
