@@ -33,8 +33,6 @@ mod tests;
 pub use error::{classify, OciError};
 use log_tail::last_log_error;
 pub use log_tail::LOG_TAIL_BYTES;
-/// Re-exported from [`crate::sys`], where it lives with the crate's other fd helpers.
-pub use sys::MemFile;
 
 /// The container-side stdio given to `runc create`/`runc exec` (the container inherits it).
 #[derive(Debug, Default)]

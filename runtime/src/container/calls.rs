@@ -294,7 +294,7 @@ pub(crate) async fn run_exec(
     let (prepared, rt_stdio) = ProcessIo::prepare(stdio, uid, gid, ctx).await?;
     // The process spec goes to runc through an anonymous memory file, not a file in the bundle:
     // no inode to create and unlink on the bundle's filesystem per exec.
-    let process_file = crate::oci::MemFile::new(c"runc-process", spec)
+    let process_file = crate::sys::MemFile::new(c"runc-process", spec)
         .map_err(|e| RuntimeError::Sys { what: "process spec memfd".into(), source: e })?;
     let r = runtime.exec(id, bundle, &process_file.path(), pid_file, prepared.console_socket(), rt_stdio).await;
     drop(process_file);
