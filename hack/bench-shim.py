@@ -19,7 +19,9 @@ Scenarios, each a `shim-load` run (tests/src/bin/shim-load.rs says what it measu
   density  N idle containers, one shim each, N in BENCH_DENSITY_N (10 50 100); then a pod
            variant (one shim per pod of a pause + 3 containers); idle over BENCH_IDLE_S (60) s
   soak     BENCH_SOAK_EXECS (100000) exec cycles against ours, RSS/fds/maps every 10 000
-Repetitions BENCH_SHIM_REPS (3), contestants rotated each repetition; medians reported. An exec run
+Contestants BENCH_SHIM_CONTESTANTS (all): a comma- or space-separated subset of the names above,
+e.g. `BENCH_SHIM_CONTESTANTS=ours` (our shim alone; "runc" picks the exec floor); the others are
+listed as not measured. Repetitions BENCH_SHIM_REPS (3), contestants rotated each repetition; medians reported. An exec run
 with no result after BENCH_SHIM_STALL_S (180) s is stalled: stopped (SIGTERM) and left out.
 Writes DIR/shim-results.json, DIR/shim-results.md (also printed) and DIR/*.svg (matplotlib,
 from Debian's python3-matplotlib, if /usr/bin/python3 can import it).
@@ -140,6 +142,14 @@ def main():
         (contestants if os.access(path, os.X_OK) else missing).append((name, path))
     for name, path in missing:
         log(f"{name}: {path} not found, skipped")
+    picked = os.environ.get("BENCH_SHIM_CONTESTANTS", "").replace(",", " ").split()
+    if picked:
+        for name, path in contestants:
+            if name not in picked:
+                missing.append((name, f"not picked (BENCH_SHIM_CONTESTANTS={' '.join(picked)})"))
+        contestants = [(n, p) for n, p in contestants if n in picked]
+        if not contestants and "runc" not in picked:
+            sys.exit(f"BENCH_SHIM_CONTESTANTS={' '.join(picked)}: no contestant left")
     peers = [n for n, _ in PEERS if n in dict(contestants)]
     res = {"contestants": dict(contestants), "peers": peers, "missing": dict(missing), "reps": reps,
            "stats": {}, "exec": {}, "density": {}, "soak": None}
@@ -162,9 +172,10 @@ def main():
     if "exec" in only:
         for n in env_list("BENCH_SHIM_N", "1 10 100"):
             total = max(int(os.environ.get("BENCH_SHIM_TOTAL", "200")), 5 * n)
-            runs = {name: [] for name, _ in contestants + [("runc", "")]}
+            floor = [("runc", os.path.realpath(args.ours))] if not picked or "runc" in picked else []
+            runs = {name: [] for name, _ in contestants + floor}
             for rep in range(reps):
-                for name, shim in rotated(rep, contestants + [("runc", os.path.realpath(args.ours))]):
+                for name, shim in rotated(rep, contestants + floor):
                     mode = "runc" if name == "runc" else "exec"
                     runs[name].append(load(args, shim, mode, "--inflight", n, "--total", total,
                                            timeout=EXEC_STALL_S))
