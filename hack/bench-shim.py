@@ -103,7 +103,10 @@ def load(args, shim, mode, *opts, timeout=3600):
         return None
     lines = [l for l in out.splitlines() if l.startswith("{")]
     if p.returncode != 0 or not lines:
-        tail = err.strip().splitlines()[-3:]
+        # A panic's message, not the end of its backtrace.
+        lines = err.strip().splitlines()
+        at = next((i for i, l in enumerate(lines) if "panicked at" in l), None)
+        tail = lines[at:at + 3] if at is not None else lines[-3:]
         log(f"  failed (exit {p.returncode}): {' | '.join(tail)}")
         return None
     return json.loads(lines[-1])
@@ -206,7 +209,7 @@ def main():
 
     if "soak" in only:
         execs = int(os.environ.get("BENCH_SOAK_EXECS", "100000"))
-        res["soak"] = load(args, args.ours, "soak", "--total", execs, "--inflight", 50, "--step", 10000,
+        res["soak"] = load(args, os.path.realpath(args.ours), "soak", "--total", execs, "--inflight", 50, "--step", 10000,
                            timeout=6 * 3600)
 
     res["machine"] = {"nproc": os.cpu_count(), "kernel": os.uname().release,
@@ -253,7 +256,7 @@ def report(res):
                 "| N | contestant | shim CPU ms/exec (user + sys) | runc+process CPU ms/exec | execs/s | p50 ms | p99 ms | "
                 "p99/p50 | overtaken | threads after |", "|---|---|---|---|---|---|---|---|---|---|"]
         for n, rows in sorted(res["exec"].items(), key=lambda kv: int(kv[0])):
-            for name in names + ["runc"]:
+            for name in names + (["runc"] if "runc" in rows else []):
                 r = rows.get(name) or {}
                 cpu = (f"{fmt(r.get('shim_cpu_ms_per_exec'), 3)} ({fmt(r.get('shim_user_ms_per_exec'))} + "
                        f"{fmt(r.get('shim_sys_ms_per_exec'))})") if name != "runc" else "0 (no shim)"
@@ -267,8 +270,9 @@ def report(res):
                 out.append(f"| {n} | ours ÷ {p} | {ratio(o.get('shim_cpu_ms_per_exec'), r.get('shim_cpu_ms_per_exec'))} | | "
                            f"{ratio(o.get('execs_per_s'), r.get('execs_per_s'))} | {ratio(o.get('p50_ms'), r.get('p50_ms'))} | "
                            f"{ratio(o.get('p99_ms'), r.get('p99_ms'))} | | | |")
-            f = rows.get("runc") or {}
-            out.append(f"| {n} | ours ÷ runc floor | | | {ratio(o.get('execs_per_s'), f.get('execs_per_s'))} | | | | | |")
+            f = rows.get("runc")
+            if f is not None:
+                out.append(f"| {n} | ours ÷ runc floor | | | {ratio(o.get('execs_per_s'), f.get('execs_per_s'))} | | | | | |")
         out.append("")
         top = max(res["exec"], key=lambda k: int(k))
         o = res["exec"][top].get("ours") or {}
