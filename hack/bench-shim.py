@@ -18,7 +18,11 @@ Scenarios, each a `shim-load` run (tests/src/bin/shim-load.rs says what it measu
            max(BENCH_SHIM_TOTAL (200), 5 N) cycles per run
   density  N idle containers, one shim each, N in BENCH_DENSITY_N (10 50 100); then a pod
            variant (one shim per pod of a pause + 3 containers); idle over BENCH_IDLE_S (60) s
-  soak     BENCH_SOAK_EXECS (100000) exec cycles against ours, RSS/fds/maps every 10 000
+           (also per RPC: p50/p99 of each reply's wait, where later cycles overtake earlier ones,
+           the shim's run-queue wait; SHIM_LOAD_CYCLES=PATH in the environment writes every
+           cycle's times for hack/exec-phases.py)
+  soak     BENCH_SOAK_EXECS (100000) exec cycles against ours in batches of 10 000; RSS/fds/maps
+           after each batch, with nothing in flight
 Contestants BENCH_SHIM_CONTESTANTS (all): a comma- or space-separated subset of the names above,
 e.g. `BENCH_SHIM_CONTESTANTS=ours` (our shim alone; "runc" picks the exec floor); the others are
 listed as not measured. Repetitions BENCH_SHIM_REPS (3), contestants rotated each repetition; medians reported. An exec run
@@ -185,13 +189,17 @@ def main():
             res["exec"][n] = {}
             for name, r in runs.items():
                 keys = ["shim_cpu_ms_per_exec", "shim_user_ms_per_exec", "shim_sys_ms_per_exec", "runtime_cpu_ms_per_exec", "execs_per_s", "p50_ms", "p99_ms",
-                        "p99_over_p50", "overtaken_fraction", "threads_after", "rss_bytes"]
+                        "p99_over_p50", "overtaken_fraction", "threads_after", "rss_bytes",
+                        "shim_runqueue_ms_per_exec", "client_cpu_ms_per_exec"]
                 row = {k: med(r, k) for k in keys}
                 ok = [x for x in r if x]
-                # The CDF of the repetition with the median throughput.
+                # The CDF (and the per-RPC phases) of the repetition with the median throughput.
                 if ok:
                     mid = sorted(ok, key=lambda x: x["execs_per_s"])[len(ok) // 2]
                     row["latencies_ms"] = mid.get("latencies_ms")
+                    for k in ("phases_ms", "overtaken_at"):
+                        if k in mid:
+                            row[k] = mid[k]
                 res["exec"][n][name] = row
 
     if "density" in only:
@@ -274,6 +282,22 @@ def report(res):
             if f is not None:
                 out.append(f"| {n} | ours ÷ runc floor | | | {ratio(o.get('execs_per_s'), f.get('execs_per_s'))} | | | | | |")
         out.append("")
+        phased = [(n, name, (rows.get(name) or {})) for n, rows in sorted(res["exec"].items(), key=lambda kv: int(kv[0]))
+                  for name in names if (rows.get(name) or {}).get("phases_ms")]
+        if phased:
+            out += ["Where a cycle's time goes, per RPC (client side, the repetition with the median throughput): "
+                    "p50 / p99 ms from one reply to the next, the overtaken fraction at each reply (it grows in the "
+                    "phase that reorders), and the time the shim's threads waited for a CPU (schedstat). Start "
+                    "holds the `runc exec`; hack/exec-phases.py splits it further with a kernel trace.", "",
+                    "| N | contestant | Exec | Start | Wait | Delete | overtaken at Exec / Start / Wait / Delete | "
+                    "shim run-queue ms/exec | driver CPU ms/exec |", "|---|---|---|---|---|---|---|---|---|"]
+            for n, name, r in phased:
+                ph, at = r["phases_ms"], r.get("overtaken_at") or {}
+                cell = lambda k: f"{fmt((ph.get(k) or {}).get('p50'), 1)} / {fmt((ph.get(k) or {}).get('p99'), 1)}"
+                ots = " / ".join(fmt(at.get(k)) for k in ("exec", "start", "wait", "delete"))
+                out.append(f"| {n} | {name} | {cell('exec')} | {cell('start')} | {cell('wait')} | {cell('delete')} | "
+                           f"{ots} | {fmt(r.get('shim_runqueue_ms_per_exec'))} | {fmt(r.get('client_cpu_ms_per_exec'))} |")
+            out.append("")
         top = max(res["exec"], key=lambda k: int(k))
         o = res["exec"][top].get("ours") or {}
         if o.get("shim_cpu_ms_per_exec") is not None:
