@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 
 use tokio::io::AsyncReadExt;
 
+use crate::gate::Gate;
 use crate::reaper::Reaper;
 
 /// Errors of the OCI runtime layer.
@@ -157,6 +158,8 @@ pub struct Runtime {
     root: PathBuf,
     systemd_cgroup: bool,
     reaper: Reaper,
+    /// Admission of `exec` calls (FIFO, bounded; see [`crate::gate`]).
+    exec_gate: Gate,
 }
 
 /// How much of the end of a runtime JSON log is read for the error of a failed call.
@@ -227,7 +230,7 @@ async fn read_all(fd: OwnedFd) -> io::Result<Vec<u8>> {
 impl Runtime {
     /// A runtime driver. `root` is the runtime's state root *including* the namespace.
     pub fn new(binary: impl Into<String>, root: impl Into<PathBuf>, systemd_cgroup: bool, reaper: Reaper) -> Self {
-        Runtime { binary: binary.into(), root: root.into(), systemd_cgroup, reaper }
+        Runtime { binary: binary.into(), root: root.into(), systemd_cgroup, reaper, exec_gate: Gate::for_exec() }
     }
 
     /// The binary name.
@@ -429,7 +432,9 @@ impl Runtime {
             args.push(s.into());
         }
         args.push(id.into());
-        self.run("exec", Some(&bundle.join("log.json")), args, Some(stdio), None).await.map(|_| ())
+        // In arrival order, a few at once: under a storm, execs finish in the order they came.
+        let log = bundle.join("log.json");
+        self.exec_gate.run(self.run("exec", Some(&log), args, Some(stdio), None)).await.map(|_| ())
     }
 
     /// `runc kill [--all] ID SIGNAL`.
