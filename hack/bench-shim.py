@@ -190,7 +190,8 @@ def main():
             for name, r in runs.items():
                 keys = ["shim_cpu_ms_per_exec", "shim_user_ms_per_exec", "shim_sys_ms_per_exec", "runtime_cpu_ms_per_exec", "execs_per_s", "p50_ms", "p99_ms",
                         "p99_over_p50", "overtaken_fraction", "threads_after", "rss_bytes",
-                        "shim_runqueue_ms_per_exec", "client_cpu_ms_per_exec"]
+                        "shim_runqueue_ms_per_exec", "client_cpu_ms_per_exec", "shim_switches_per_exec",
+                        "machine_idle_fraction"]
                 row = {k: med(r, k) for k in keys}
                 ok = [x for x in r if x]
                 # The CDF (and the per-RPC phases) of the repetition with the median throughput.
@@ -342,8 +343,9 @@ def report(res):
         s = res["soak"]
         out += ["### Long soak (ours)", "",
                 f"{s['total']} exec cycles, {s['inflight']} in flight, {fmt(s['seconds'], 0)} s. Slope per 10 000 execs "
-                f"after the first 10 000: RSS {fmt(s['rss_slope_bytes_per_10k'], 0)} B, anonymous "
-                f"{fmt(s['anon_slope_bytes_per_10k'], 0)} B, fds {fmt(s['fds_slope_per_10k'])}, maps "
+                f"after the first 10 000 (± standard error): RSS {fmt(s['rss_slope_bytes_per_10k'], 0)} "
+                f"± {fmt(s.get('rss_slope_stderr'), 0)} B, anonymous {fmt(s['anon_slope_bytes_per_10k'], 0)} "
+                f"± {fmt(s.get('anon_slope_stderr'), 0)} B, fds {fmt(s['fds_slope_per_10k'])}, maps "
                 f"{fmt(s['maps_slope_per_10k'])}.", "",
                 "| execs | RSS KiB | anon KiB | fds | maps | threads |", "|---|---|---|---|---|---|"]
         for p in s["samples"]:

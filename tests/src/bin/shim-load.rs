@@ -116,6 +116,14 @@ fn runqueue_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// (idle + iowait, all) jiffies of the machine, from /proc/stat's `cpu` line.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+    (f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0), f.iter().take(8).sum())
+}
+
 /// CPU of this process (every thread), in nanoseconds.
 fn self_cpu_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).unwrap();
@@ -486,12 +494,13 @@ async fn exec(args: &[String]) -> serde_json::Value {
     let threads_before = threads(t.pid);
     let (cpu0, (_, child0), wall0) = (schedstat_ns(t.pid), stat_cpu_ns(t.pid), Instant::now());
     let (user0, sys0) = user_sys_ns(t.pid);
-    let (runq0, client0) = (runqueue_ns(t.pid), self_cpu_ns());
+    let (runq0, client0, sw0, machine0) = (runqueue_ns(t.pid), self_cpu_ns(), ctxt_switches(t.pid), machine_jiffies());
     let lat = run_cycles(&t, "e", inflight, total, 0, |_| {}).await;
     let wall = wall0.elapsed();
     let (cpu1, (_, child1)) = (schedstat_ns(t.pid), stat_cpu_ns(t.pid));
     let (user1, sys1) = user_sys_ns(t.pid);
-    let (runq1, client1) = (runqueue_ns(t.pid), self_cpu_ns());
+    let (runq1, client1, sw1, machine1) = (runqueue_ns(t.pid), self_cpu_ns(), ctxt_switches(t.pid), machine_jiffies());
+    let (idle, all) = (machine1.0.saturating_sub(machine0.0), machine1.1.saturating_sub(machine0.1));
     let mut out = serde_json::json!({
         "mode": "exec", "inflight": inflight, "total": total,
         "shim_cpu_ms_per_exec": cpu1.saturating_sub(cpu0) as f64 / total as f64 / 1e6,
@@ -502,6 +511,12 @@ async fn exec(args: &[String]) -> serde_json::Value {
         // Time the shim's threads were runnable but waiting for a CPU (schedstat): under a
         // storm, the shim's part of the latency that is the machine's, not the shim's work.
         "shim_runqueue_ms_per_exec": runq1.saturating_sub(runq0) as f64 / total as f64 / 1e6,
+        // Context switches of the shim's threads (voluntary: it had nothing left to do;
+        // involuntary: preempted), i.e. how often it woke up.
+        "shim_switches_per_exec": sw1.saturating_sub(sw0) as f64 / total as f64,
+        // The machine's idle share over the run (/proc/stat): CPU a run left unused, which
+        // tells a throughput lost to idling from one lost to other work on a shared machine.
+        "machine_idle_fraction": idle as f64 / all.max(1) as f64,
         // This driver's own CPU (it shares the machine with the shim and runc).
         "client_cpu_ms_per_exec": client1.saturating_sub(client0) as f64 / total as f64 / 1e6,
         "threads_before": threads_before, "threads_after": threads(t.pid), "fds": fds(t.pid),
@@ -611,27 +626,33 @@ async fn soak(args: &[String]) -> serde_json::Value {
         eprintln!("soak: {s}");
         samples.push(s);
     }
-    let slope = |key: &str| -> f64 {
-        // Least squares over the samples after the first step.
+    // Least squares over the samples after the first step: (slope, its standard error), per
+    // 10 000 execs. The error says whether a slope is a trend or the samples' noise.
+    let fit = |key: &str| -> (f64, f64) {
         let pts: Vec<(f64, f64)> = samples
             .iter()
             .filter(|s| s["execs"].as_u64().unwrap() >= step)
-            .map(|s| (s["execs"].as_f64().unwrap(), s[key].as_f64().unwrap()))
+            .map(|s| (s["execs"].as_f64().unwrap() / 10_000.0, s[key].as_f64().unwrap()))
             .collect();
         if pts.len() < 2 {
-            return 0.0;
+            return (0.0, 0.0);
         }
         let n = pts.len() as f64;
         let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
         let cov: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
         let var: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-        cov / var * 10_000.0
+        let b = cov / var;
+        let resid: f64 = pts.iter().map(|p| (p.1 - my - b * (p.0 - mx)).powi(2)).sum();
+        let stderr = if pts.len() > 2 { (resid / (n - 2.0) / var).sqrt() } else { 0.0 };
+        (b, stderr)
     };
+    let (rss, anon, fds_fit, maps_fit) = (fit("rss"), fit("anon"), fit("fds"), fit("maps"));
     let out = serde_json::json!({
         "mode": "soak", "inflight": inflight, "total": total, "step": step,
         "seconds": wall0.elapsed().as_secs_f64(),
-        "rss_slope_bytes_per_10k": slope("rss"), "anon_slope_bytes_per_10k": slope("anon"),
-        "fds_slope_per_10k": slope("fds"), "maps_slope_per_10k": slope("maps"), "samples": samples,
+        "rss_slope_bytes_per_10k": rss.0, "anon_slope_bytes_per_10k": anon.0,
+        "fds_slope_per_10k": fds_fit.0, "maps_slope_per_10k": maps_fit.0,
+        "rss_slope_stderr": rss.1, "anon_slope_stderr": anon.1, "samples": samples,
     });
     t.stop().await;
     out
