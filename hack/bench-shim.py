@@ -25,7 +25,9 @@ Scenarios, each a `shim-load` run (tests/src/bin/shim-load.rs says what it measu
            after each batch, with nothing in flight
 Contestants BENCH_SHIM_CONTESTANTS (all): a comma- or space-separated subset of the names above,
 e.g. `BENCH_SHIM_CONTESTANTS=ours` (our shim alone; "runc" picks the exec floor); the others are
-listed as not measured. Repetitions BENCH_SHIM_REPS (3), contestants rotated each repetition; medians reported. An exec run
+listed as not measured. BENCH_SHIM_EXTRA="NAME=PATH ..." adds other builds of our shim as
+contestants (e.g. `before=/tmp/shim-main`: a before/after comparison in one run, rotated with
+the others; pick them by NAME in BENCH_SHIM_CONTESTANTS). Repetitions BENCH_SHIM_REPS (3), contestants rotated each repetition; medians reported. An exec run
 with no result after BENCH_SHIM_STALL_S (180) s is stalled: stopped (SIGTERM) and left out.
 Writes DIR/shim-results.json, DIR/shim-results.md (also printed) and DIR/*.svg (matplotlib,
 from Debian's python3-matplotlib, if /usr/bin/python3 can import it).
@@ -147,6 +149,14 @@ def main():
     missing = []
     for name, path in PEERS + HISTORICAL:
         (contestants if os.access(path, os.X_OK) else missing).append((name, path))
+    # Other builds of our shim, measured beside it (e.g. main's binary before a change, so a
+    # before/after comparison runs back to back, not an hour apart on a noisy machine).
+    for item in os.environ.get("BENCH_SHIM_EXTRA", "").split():
+        name, _, path = item.partition("=")
+        if name and os.access(path, os.X_OK):
+            contestants.append((name, os.path.realpath(path)))
+        else:
+            missing.append((name or item, path))
     for name, path in missing:
         log(f"{name}: {path} not found, skipped")
     picked = os.environ.get("BENCH_SHIM_CONTESTANTS", "").replace(",", " ").split()
