@@ -18,8 +18,16 @@ Scenarios, each a `shim-load` run (tests/src/bin/shim-load.rs says what it measu
            max(BENCH_SHIM_TOTAL (200), 5 N) cycles per run
   density  N idle containers, one shim each, N in BENCH_DENSITY_N (10 50 100); then a pod
            variant (one shim per pod of a pause + 3 containers); idle over BENCH_IDLE_S (60) s
-  soak     BENCH_SOAK_EXECS (100000) exec cycles against ours, RSS/fds/maps every 10 000
-Repetitions BENCH_SHIM_REPS (3), contestants rotated each repetition; medians reported. An exec run
+           (also per RPC: p50/p99 of each reply's wait, where later cycles overtake earlier ones,
+           the shim's run-queue wait; SHIM_LOAD_CYCLES=PATH in the environment writes every
+           cycle's times for hack/exec-phases.py)
+  soak     BENCH_SOAK_EXECS (100000) exec cycles against ours in batches of 10 000; RSS/fds/maps
+           after each batch, with nothing in flight
+Contestants BENCH_SHIM_CONTESTANTS (all): a comma- or space-separated subset of the names above,
+e.g. `BENCH_SHIM_CONTESTANTS=ours` (our shim alone; "runc" picks the exec floor); the others are
+listed as not measured. BENCH_SHIM_EXTRA="NAME=PATH ..." adds other builds of our shim as
+contestants (e.g. `before=/tmp/shim-main`: a before/after comparison in one run, rotated with
+the others; pick them by NAME in BENCH_SHIM_CONTESTANTS). Repetitions BENCH_SHIM_REPS (3), contestants rotated each repetition; medians reported. An exec run
 with no result after BENCH_SHIM_STALL_S (180) s is stalled: stopped (SIGTERM) and left out.
 Writes DIR/shim-results.json, DIR/shim-results.md (also printed) and DIR/*.svg (matplotlib,
 from Debian's python3-matplotlib, if /usr/bin/python3 can import it).
@@ -101,7 +109,10 @@ def load(args, shim, mode, *opts, timeout=3600):
         return None
     lines = [l for l in out.splitlines() if l.startswith("{")]
     if p.returncode != 0 or not lines:
-        tail = err.strip().splitlines()[-3:]
+        # A panic's message, not the end of its backtrace.
+        lines = err.strip().splitlines()
+        at = next((i for i, l in enumerate(lines) if "panicked at" in l), None)
+        tail = lines[at:at + 3] if at is not None else lines[-3:]
         log(f"  failed (exit {p.returncode}): {' | '.join(tail)}")
         return None
     return json.loads(lines[-1])
@@ -138,8 +149,24 @@ def main():
     missing = []
     for name, path in PEERS + HISTORICAL:
         (contestants if os.access(path, os.X_OK) else missing).append((name, path))
+    # Other builds of our shim, measured beside it (e.g. main's binary before a change, so a
+    # before/after comparison runs back to back, not an hour apart on a noisy machine).
+    for item in os.environ.get("BENCH_SHIM_EXTRA", "").split():
+        name, _, path = item.partition("=")
+        if name and os.access(path, os.X_OK):
+            contestants.append((name, os.path.realpath(path)))
+        else:
+            missing.append((name or item, path))
     for name, path in missing:
         log(f"{name}: {path} not found, skipped")
+    picked = os.environ.get("BENCH_SHIM_CONTESTANTS", "").replace(",", " ").split()
+    if picked:
+        for name, path in contestants:
+            if name not in picked:
+                missing.append((name, f"not picked (BENCH_SHIM_CONTESTANTS={' '.join(picked)})"))
+        contestants = [(n, p) for n, p in contestants if n in picked]
+        if not contestants and "runc" not in picked:
+            sys.exit(f"BENCH_SHIM_CONTESTANTS={' '.join(picked)}: no contestant left")
     peers = [n for n, _ in PEERS if n in dict(contestants)]
     res = {"contestants": dict(contestants), "peers": peers, "missing": dict(missing), "reps": reps,
            "stats": {}, "exec": {}, "density": {}, "soak": None}
@@ -162,22 +189,28 @@ def main():
     if "exec" in only:
         for n in env_list("BENCH_SHIM_N", "1 10 100"):
             total = max(int(os.environ.get("BENCH_SHIM_TOTAL", "200")), 5 * n)
-            runs = {name: [] for name, _ in contestants + [("runc", "")]}
+            floor = [("runc", os.path.realpath(args.ours))] if not picked or "runc" in picked else []
+            runs = {name: [] for name, _ in contestants + floor}
             for rep in range(reps):
-                for name, shim in rotated(rep, contestants + [("runc", os.path.realpath(args.ours))]):
+                for name, shim in rotated(rep, contestants + floor):
                     mode = "runc" if name == "runc" else "exec"
                     runs[name].append(load(args, shim, mode, "--inflight", n, "--total", total,
                                            timeout=EXEC_STALL_S))
             res["exec"][n] = {}
             for name, r in runs.items():
                 keys = ["shim_cpu_ms_per_exec", "shim_user_ms_per_exec", "shim_sys_ms_per_exec", "runtime_cpu_ms_per_exec", "execs_per_s", "p50_ms", "p99_ms",
-                        "p99_over_p50", "overtaken_fraction", "threads_after", "rss_bytes"]
+                        "p99_over_p50", "overtaken_fraction", "threads_after", "rss_bytes",
+                        "shim_runqueue_ms_per_exec", "client_cpu_ms_per_exec", "shim_switches_per_exec",
+                        "machine_idle_fraction"]
                 row = {k: med(r, k) for k in keys}
                 ok = [x for x in r if x]
-                # The CDF of the repetition with the median throughput.
+                # The CDF (and the per-RPC phases) of the repetition with the median throughput.
                 if ok:
                     mid = sorted(ok, key=lambda x: x["execs_per_s"])[len(ok) // 2]
                     row["latencies_ms"] = mid.get("latencies_ms")
+                    for k in ("phases_ms", "overtaken_at"):
+                        if k in mid:
+                            row[k] = mid[k]
                 res["exec"][n][name] = row
 
     if "density" in only:
@@ -195,7 +228,7 @@ def main():
 
     if "soak" in only:
         execs = int(os.environ.get("BENCH_SOAK_EXECS", "100000"))
-        res["soak"] = load(args, args.ours, "soak", "--total", execs, "--inflight", 50, "--step", 10000,
+        res["soak"] = load(args, os.path.realpath(args.ours), "soak", "--total", execs, "--inflight", 50, "--step", 10000,
                            timeout=6 * 3600)
 
     res["machine"] = {"nproc": os.cpu_count(), "kernel": os.uname().release,
@@ -242,7 +275,7 @@ def report(res):
                 "| N | contestant | shim CPU ms/exec (user + sys) | runc+process CPU ms/exec | execs/s | p50 ms | p99 ms | "
                 "p99/p50 | overtaken | threads after |", "|---|---|---|---|---|---|---|---|---|---|"]
         for n, rows in sorted(res["exec"].items(), key=lambda kv: int(kv[0])):
-            for name in names + ["runc"]:
+            for name in names + (["runc"] if "runc" in rows else []):
                 r = rows.get(name) or {}
                 cpu = (f"{fmt(r.get('shim_cpu_ms_per_exec'), 3)} ({fmt(r.get('shim_user_ms_per_exec'))} + "
                        f"{fmt(r.get('shim_sys_ms_per_exec'))})") if name != "runc" else "0 (no shim)"
@@ -256,9 +289,26 @@ def report(res):
                 out.append(f"| {n} | ours ÷ {p} | {ratio(o.get('shim_cpu_ms_per_exec'), r.get('shim_cpu_ms_per_exec'))} | | "
                            f"{ratio(o.get('execs_per_s'), r.get('execs_per_s'))} | {ratio(o.get('p50_ms'), r.get('p50_ms'))} | "
                            f"{ratio(o.get('p99_ms'), r.get('p99_ms'))} | | | |")
-            f = rows.get("runc") or {}
-            out.append(f"| {n} | ours ÷ runc floor | | | {ratio(o.get('execs_per_s'), f.get('execs_per_s'))} | | | | | |")
+            f = rows.get("runc")
+            if f is not None:
+                out.append(f"| {n} | ours ÷ runc floor | | | {ratio(o.get('execs_per_s'), f.get('execs_per_s'))} | | | | | |")
         out.append("")
+        phased = [(n, name, (rows.get(name) or {})) for n, rows in sorted(res["exec"].items(), key=lambda kv: int(kv[0]))
+                  for name in names if (rows.get(name) or {}).get("phases_ms")]
+        if phased:
+            out += ["Where a cycle's time goes, per RPC (client side, the repetition with the median throughput): "
+                    "p50 / p99 ms from one reply to the next, the overtaken fraction at each reply (it grows in the "
+                    "phase that reorders), and the time the shim's threads waited for a CPU (schedstat). Start "
+                    "holds the `runc exec`; hack/exec-phases.py splits it further with a kernel trace.", "",
+                    "| N | contestant | Exec | Start | Wait | Delete | overtaken at Exec / Start / Wait / Delete | "
+                    "shim run-queue ms/exec | driver CPU ms/exec |", "|---|---|---|---|---|---|---|---|---|"]
+            for n, name, r in phased:
+                ph, at = r["phases_ms"], r.get("overtaken_at") or {}
+                cell = lambda k: f"{fmt((ph.get(k) or {}).get('p50'), 1)} / {fmt((ph.get(k) or {}).get('p99'), 1)}"
+                ots = " / ".join(fmt(at.get(k)) for k in ("exec", "start", "wait", "delete"))
+                out.append(f"| {n} | {name} | {cell('exec')} | {cell('start')} | {cell('wait')} | {cell('delete')} | "
+                           f"{ots} | {fmt(r.get('shim_runqueue_ms_per_exec'))} | {fmt(r.get('client_cpu_ms_per_exec'))} |")
+            out.append("")
         top = max(res["exec"], key=lambda k: int(k))
         o = res["exec"][top].get("ours") or {}
         if o.get("shim_cpu_ms_per_exec") is not None:
@@ -303,8 +353,9 @@ def report(res):
         s = res["soak"]
         out += ["### Long soak (ours)", "",
                 f"{s['total']} exec cycles, {s['inflight']} in flight, {fmt(s['seconds'], 0)} s. Slope per 10 000 execs "
-                f"after the first 10 000: RSS {fmt(s['rss_slope_bytes_per_10k'], 0)} B, anonymous "
-                f"{fmt(s['anon_slope_bytes_per_10k'], 0)} B, fds {fmt(s['fds_slope_per_10k'])}, maps "
+                f"after the first 10 000 (± standard error): RSS {fmt(s['rss_slope_bytes_per_10k'], 0)} "
+                f"± {fmt(s.get('rss_slope_stderr'), 0)} B, anonymous {fmt(s['anon_slope_bytes_per_10k'], 0)} "
+                f"± {fmt(s.get('anon_slope_stderr'), 0)} B, fds {fmt(s['fds_slope_per_10k'])}, maps "
                 f"{fmt(s['maps_slope_per_10k'])}.", "",
                 "| execs | RSS KiB | anon KiB | fds | maps | threads |", "|---|---|---|---|---|---|"]
         for p in s["samples"]:

@@ -21,6 +21,7 @@ pub mod console;
 pub mod container;
 pub mod create;
 pub mod error;
+pub mod gate;
 pub mod io;
 pub mod logger;
 pub mod mount;

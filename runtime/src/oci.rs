@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 
 use tokio::io::AsyncReadExt;
 
+use crate::gate::Gate;
 use crate::reaper::Reaper;
 use crate::sys;
 
@@ -101,6 +102,8 @@ pub struct OciRuntime {
     root: PathBuf,
     systemd_cgroup: bool,
     reaper: Reaper,
+    /// Admission of `exec` calls (FIFO, bounded; see [`crate::gate`]).
+    exec_gate: Gate,
 }
 
 /// Default limit of one runtime call.
@@ -139,7 +142,7 @@ async fn read_all(fd: OwnedFd) -> io::Result<Vec<u8>> {
 impl OciRuntime {
     /// A runtime driver. `root` is the runtime's state root *including* the namespace.
     pub fn new(binary: impl Into<String>, root: impl Into<PathBuf>, systemd_cgroup: bool, reaper: Reaper) -> Self {
-        OciRuntime { binary: binary.into(), root: root.into(), systemd_cgroup, reaper }
+        OciRuntime { binary: binary.into(), root: root.into(), systemd_cgroup, reaper, exec_gate: Gate::for_exec() }
     }
 
     /// The binary name.
@@ -341,7 +344,9 @@ impl OciRuntime {
             args.push(s.into());
         }
         args.push(id.into());
-        self.run("exec", Some(&bundle.join("log.json")), args, Some(stdio), None).await.map(|_| ())
+        // In arrival order, a few at once: under a storm, execs finish in the order they came.
+        let log = bundle.join("log.json");
+        self.exec_gate.run(self.run("exec", Some(&log), args, Some(stdio), None)).await.map(|_| ())
     }
 
     /// `runc kill [--all] ID SIGNAL`.

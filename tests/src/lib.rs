@@ -128,6 +128,11 @@ impl EventServer {
         self.recorder.0.lock().unwrap().clone()
     }
 
+    /// How many events were recorded (without copying them).
+    pub fn count(&self) -> usize {
+        self.recorder.0.lock().unwrap().len()
+    }
+
     /// Waits until `pred` holds for the recorded events, or panics after `limit`.
     pub async fn wait_for(&self, limit: Duration, what: &str, pred: impl Fn(&[Recorded]) -> bool) -> Vec<Recorded> {
         let deadline = tokio::time::Instant::now() + limit;

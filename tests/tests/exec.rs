@@ -225,3 +225,48 @@ async fn init_exit_waits_for_exec_exit_and_refuses_new_execs() {
     shim.client.delete(ctx(), &delete_req(id, "")).await.unwrap();
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+/// Whether a child of `shim` runs with `needle` in its command line.
+fn child_running(shim: u32, needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)).unwrap_or("");
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        ppid == shim.to_string() && String::from_utf8_lossy(&cmd).replace('\0', " ").contains(needle)
+    })
+}
+
+/// Issue 16 item 5: `runc exec` calls queue for a place in the exec gate (here one place,
+/// `SHIM_EXEC_CONCURRENCY=1`), but a call that does not return gives its place up: while the
+/// first exec is parked inside runc, a second exec starts, runs and is waited for. Without the
+/// gate's hold limit the second Start waited for the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_exec_does_not_hold_the_exec_gate() {
+    let mut env = TestEnv::new().await;
+    env.set_shim_env("SHIM_EXEC_CONCURRENCY", "1");
+    let release = env.dir.join("release-exec");
+    env.set_faults(&format!("exec:wait-file={}", release.display()));
+    let id = "exec-gate";
+    let shim = running_container(&env, id).await;
+    shim.client.exec(ctx(), &exec_req(id, "parked", &["true"])).await.unwrap();
+    let c = shim.client.clone();
+    let parked = tokio::spawn(async move { c.start(ctx(), &start_req(id, "parked")).await });
+    let until = tokio::time::Instant::now() + EVENT_WAIT;
+    while !child_running(shim.pid, "parked.pid") {
+        assert!(tokio::time::Instant::now() < until, "the parked exec's runtime never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.set_faults("");
+    shim.client.exec(ctx(), &exec_req(id, "second", &["true"])).await.unwrap();
+    let second = tokio::time::timeout(EVENT_WAIT, shim.client.start(ctx(), &start_req(id, "second"))).await;
+    second.expect("the second exec waited for the parked one").unwrap();
+    assert_eq!(shim.client.wait(ctx(), &wait_req(id, "second")).await.unwrap().exit_status, 0);
+    assert!(!parked.is_finished(), "the parked exec was not parked");
+    std::fs::write(&release, b"").unwrap();
+    parked.await.unwrap().unwrap();
+    assert_eq!(shim.client.wait(ctx(), &wait_req(id, "parked")).await.unwrap().exit_status, 0);
+    for e in ["parked", "second"] {
+        shim.client.delete(ctx(), &delete_req(id, e)).await.unwrap();
+    }
+    finish(&shim, id).await;
+}

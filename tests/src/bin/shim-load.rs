@@ -106,6 +106,30 @@ fn schedstat_ns(pid: u32) -> u64 {
     live.max(stat_cpu_ns(pid).0)
 }
 
+/// Nanoseconds the live threads of `pid` spent runnable, waiting on a run queue (schedstat's
+/// second field).
+fn runqueue_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// (idle + iowait, all) jiffies of the machine, from /proc/stat's `cpu` line.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+    (f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0), f.iter().take(8).sum())
+}
+
+/// CPU of this process (every thread), in nanoseconds.
+fn self_cpu_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).unwrap();
+    u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+}
+
 /// (utime, stime) of `pid` (all its threads), in nanoseconds.
 fn user_sys_ns(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -284,6 +308,49 @@ async fn stats(args: &[String]) -> serde_json::Value {
 struct Latencies {
     /// (start offset, end offset) of each exec, by start index.
     spans: Vec<(Duration, Duration)>,
+    /// Per-phase times of each exec cycle, by start index (empty for the runc floor).
+    cycles: Vec<Cycle>,
+}
+
+/// When one Exec+Start+Wait+Delete cycle's replies arrived, as offsets from the run's epoch,
+/// and the pid Start returned.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cycle {
+    /// Before the Exec request.
+    begin: Duration,
+    /// Exec replied (the shim registered the exec; no runtime call).
+    exec: Duration,
+    /// Start replied (`runc exec --detach` ran, the pid is known).
+    start: Duration,
+    /// Wait replied (the process's exit reached the client).
+    wait: Duration,
+    /// Delete replied: the cycle's end.
+    delete: Duration,
+    pid: u32,
+}
+
+/// p50 and p99 of `xs` (ms), sorted in place.
+fn p50_p99(xs: &mut [f64]) -> serde_json::Value {
+    if xs.is_empty() {
+        return serde_json::Value::Null;
+    }
+    xs.sort_by(f64::total_cmp);
+    let pct = |p: f64| xs[(xs.len() - 1) * (p * 1000.0) as usize / 1000];
+    serde_json::json!({"p50": pct(0.5), "p99": pct(0.99), "mean": xs.iter().sum::<f64>() / xs.len() as f64})
+}
+
+/// The fraction of items overtaken: one that started later reached `end` earlier.
+fn overtaken(ends: impl DoubleEndedIterator<Item = Duration> + ExactSizeIterator) -> f64 {
+    let len = ends.len();
+    let mut min_end_after = Duration::MAX;
+    let mut overtaken = 0usize;
+    for end in ends.rev() {
+        if min_end_after < end {
+            overtaken += 1;
+        }
+        min_end_after = min_end_after.min(end);
+    }
+    overtaken as f64 / len.max(1) as f64
 }
 
 impl Latencies {
@@ -291,30 +358,72 @@ impl Latencies {
         let mut lat: Vec<f64> = self.spans.iter().map(|(s, e)| (*e - *s).as_secs_f64() * 1000.0).collect();
         lat.sort_by(f64::total_cmp);
         let pct = |p: f64| lat[(lat.len() - 1) * (p * 1000.0) as usize / 1000];
-        // An exec is overtaken when one started after it finished before it.
-        let mut min_end_after = Duration::MAX;
-        let mut overtaken = 0usize;
-        for (_, end) in self.spans.iter().rev() {
-            if min_end_after < *end {
-                overtaken += 1;
-            }
-            min_end_after = min_end_after.min(*end);
-        }
-        serde_json::json!({
+        let mut out = serde_json::json!({
             "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99), "max_ms": lat[lat.len() - 1],
-            "p99_over_p50": pct(0.99) / pct(0.5), "overtaken_fraction": overtaken as f64 / lat.len() as f64,
+            "p99_over_p50": pct(0.99) / pct(0.5), "overtaken_fraction": overtaken(self.spans.iter().map(|s| s.1)),
             "latencies_ms": lat,
-        })
+        });
+        if !self.cycles.is_empty() {
+            // Each RPC's share of the cycle, and where later cycles overtake earlier ones: the
+            // overtaken fraction at each reply (it can only grow where a phase reorders).
+            let ms = |f: &dyn Fn(&Cycle) -> Duration| -> Vec<f64> {
+                self.cycles.iter().map(|c| f(c).as_secs_f64() * 1000.0).collect()
+            };
+            let phases = serde_json::json!({
+                "exec": p50_p99(&mut ms(&|c| c.exec - c.begin)),
+                "start": p50_p99(&mut ms(&|c| c.start - c.exec)),
+                "wait": p50_p99(&mut ms(&|c| c.wait - c.start)),
+                "delete": p50_p99(&mut ms(&|c| c.delete - c.wait)),
+            });
+            let at = serde_json::json!({
+                "exec": overtaken(self.cycles.iter().map(|c| c.exec)),
+                "start": overtaken(self.cycles.iter().map(|c| c.start)),
+                "wait": overtaken(self.cycles.iter().map(|c| c.wait)),
+                "delete": overtaken(self.cycles.iter().map(|c| c.delete)),
+            });
+            merge(&mut out, serde_json::json!({"phases_ms": phases, "overtaken_at": at}));
+        }
+        out
+    }
+}
+
+/// CLOCK_MONOTONIC now, in seconds: the clock `Instant` reads (and `perf record -k
+/// CLOCK_MONOTONIC` stamps with), so per-cycle times can be lined up with a kernel trace.
+fn monotonic_s() -> f64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    ts.tv_sec() as f64 + ts.tv_nsec() as f64 / 1e9
+}
+
+/// With `SHIM_LOAD_CYCLES=PATH`, every cycle's reply times (CLOCK_MONOTONIC seconds) and pid,
+/// one JSON line each, for lining up with a kernel trace of the runtime's processes (the
+/// runc fork and exit times; see hack/exec-phases.py).
+fn write_cycles(lat: &Latencies, epoch_mono_s: f64, shim_pid: u32, prefix: &str) {
+    let Some(path) = std::env::var_os("SHIM_LOAD_CYCLES") else { return };
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let t = |d: Duration| epoch_mono_s + d.as_secs_f64();
+    for (i, c) in lat.cycles.iter().enumerate() {
+        let line = serde_json::json!({
+            "i": i, "exec_id": format!("{prefix}{i}"), "pid": c.pid, "shim_pid": shim_pid,
+            "t_begin": t(c.begin), "t_exec": t(c.exec), "t_start": t(c.start), "t_wait": t(c.wait),
+            "t_delete": t(c.delete),
+        });
+        writeln!(f, "{line}").unwrap();
     }
 }
 
 /// One Exec+Start+Wait+Delete cycle; `true` in the container.
-async fn exec_cycle(client: &TaskClient, id: &str, exec_id: &str) {
+async fn exec_cycle(client: &TaskClient, id: &str, exec_id: &str, epoch: Instant) -> Cycle {
+    let begin = epoch.elapsed();
     client.exec(ctx(), &req::exec(id, exec_id, &["true"])).await.unwrap();
-    client.start(ctx(), &req::start(id, exec_id)).await.unwrap();
+    let exec = epoch.elapsed();
+    let pid = client.start(ctx(), &req::start(id, exec_id)).await.unwrap().pid;
+    let start = epoch.elapsed();
     let w = client.wait(ctx(), &req::wait(id, exec_id)).await.unwrap();
+    let wait = epoch.elapsed();
     assert_eq!(w.exit_status, 0, "exec {exec_id} exited {}", w.exit_status);
     client.delete(ctx(), &req::delete(id, exec_id)).await.unwrap();
+    Cycle { begin, exec, start, wait, delete: epoch.elapsed(), pid }
 }
 
 /// Runs `total` cycles, `inflight` at a time (a new one starts as soon as one ends), and returns
@@ -331,7 +440,7 @@ async fn run_cycles(
     step: u64,
     mut on_step: impl FnMut(u64),
 ) -> Latencies {
-    let epoch = Instant::now();
+    let (epoch, epoch_mono_s) = (Instant::now(), monotonic_s());
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut workers = tokio::task::JoinSet::new();
@@ -344,17 +453,22 @@ async fn run_cycles(
                 if n >= total {
                     break;
                 }
-                let start = epoch.elapsed();
-                exec_cycle(&client, &id, &format!("{prefix}{n}")).await;
-                let _ = tx.send((usize::try_from(n).unwrap(), start, epoch.elapsed()));
+                let cycle = exec_cycle(&client, &id, &format!("{prefix}{n}"), epoch).await;
+                let _ = tx.send((usize::try_from(n).unwrap(), cycle));
             }
         });
     }
     drop(tx);
+    // The soak keeps only the spans (100 000 cycles).
+    let keep = step == 0;
     let mut spans = vec![(Duration::ZERO, Duration::ZERO); usize::try_from(total).unwrap()];
+    let mut cycles = vec![Cycle::default(); if keep { spans.len() } else { 0 }];
     let mut done = 0u64;
-    while let Some((i, s, e)) = rx.recv().await {
-        spans[i] = (s, e);
+    while let Some((i, c)) = rx.recv().await {
+        spans[i] = (c.begin, c.delete);
+        if keep {
+            cycles[i] = c;
+        }
         done += 1;
         if step > 0 && done.is_multiple_of(step) {
             on_step(done);
@@ -364,7 +478,11 @@ async fn run_cycles(
         r.unwrap();
     }
     assert_eq!(done, total, "a worker failed");
-    Latencies { spans }
+    let lat = Latencies { spans, cycles };
+    if keep && prefix == "e" {
+        write_cycles(&lat, epoch_mono_s, t.pid, prefix);
+    }
+    lat
 }
 
 /// Exec storm against one shim: shim CPU per exec, throughput, latency spread.
@@ -376,10 +494,13 @@ async fn exec(args: &[String]) -> serde_json::Value {
     let threads_before = threads(t.pid);
     let (cpu0, (_, child0), wall0) = (schedstat_ns(t.pid), stat_cpu_ns(t.pid), Instant::now());
     let (user0, sys0) = user_sys_ns(t.pid);
+    let (runq0, client0, sw0, machine0) = (runqueue_ns(t.pid), self_cpu_ns(), ctxt_switches(t.pid), machine_jiffies());
     let lat = run_cycles(&t, "e", inflight, total, 0, |_| {}).await;
     let wall = wall0.elapsed();
     let (cpu1, (_, child1)) = (schedstat_ns(t.pid), stat_cpu_ns(t.pid));
     let (user1, sys1) = user_sys_ns(t.pid);
+    let (runq1, client1, sw1, machine1) = (runqueue_ns(t.pid), self_cpu_ns(), ctxt_switches(t.pid), machine_jiffies());
+    let (idle, all) = (machine1.0.saturating_sub(machine0.0), machine1.1.saturating_sub(machine0.1));
     let mut out = serde_json::json!({
         "mode": "exec", "inflight": inflight, "total": total,
         "shim_cpu_ms_per_exec": cpu1.saturating_sub(cpu0) as f64 / total as f64 / 1e6,
@@ -387,6 +508,17 @@ async fn exec(args: &[String]) -> serde_json::Value {
         "shim_user_ms_per_exec": (user1 - user0) as f64 / total as f64 / 1e6,
         "shim_sys_ms_per_exec": (sys1 - sys0) as f64 / total as f64 / 1e6,
         "execs_per_s": total as f64 / wall.as_secs_f64(),
+        // Time the shim's threads were runnable but waiting for a CPU (schedstat): under a
+        // storm, the shim's part of the latency that is the machine's, not the shim's work.
+        "shim_runqueue_ms_per_exec": runq1.saturating_sub(runq0) as f64 / total as f64 / 1e6,
+        // Context switches of the shim's threads (voluntary: it had nothing left to do;
+        // involuntary: preempted), i.e. how often it woke up.
+        "shim_switches_per_exec": sw1.saturating_sub(sw0) as f64 / total as f64,
+        // The machine's idle share over the run (/proc/stat): CPU a run left unused, which
+        // tells a throughput lost to idling from one lost to other work on a shared machine.
+        "machine_idle_fraction": idle as f64 / all.max(1) as f64,
+        // This driver's own CPU (it shares the machine with the shim and runc).
+        "client_cpu_ms_per_exec": client1.saturating_sub(client0) as f64 / total as f64 / 1e6,
         "threads_before": threads_before, "threads_after": threads(t.pid), "fds": fds(t.pid),
         "rss_bytes": memory(t.pid).get("Rss").copied().unwrap_or(0),
     });
@@ -447,7 +579,7 @@ async fn runc(args: &[String]) -> serde_json::Value {
         "runtime_cpu_ms_per_exec": (children_cpu_ns() - cpu0) as f64 / total as f64 / 1e6,
         "execs_per_s": total as f64 / wall.as_secs_f64(),
     });
-    merge(&mut out, Latencies { spans }.summary());
+    merge(&mut out, Latencies { spans, cycles: Vec::new() }.summary());
     t.stop().await;
     out
 }
@@ -458,10 +590,13 @@ fn children_cpu_ns() -> u64 {
 }
 
 /// Long soak: RSS, fds and maps every `step` execs, and the slope per 10 000 execs after the
-/// first step (allocator warm-up).
+/// first step (allocator warm-up). The cycles run in batches of `step` (`inflight` at a time,
+/// each batch on new connections); each sample is taken between batches, with nothing in
+/// flight and the batch's events delivered, so it shows what the shim keeps, not what a
+/// storm holds at that moment.
 async fn soak(args: &[String]) -> serde_json::Value {
     let (inflight, total, step) =
-        (arg(args, "--inflight", 50), arg(args, "--total", 100_000), arg(args, "--step", 10_000));
+        (arg(args, "--inflight", 50), arg(args, "--total", 100_000), arg(args, "--step", 10_000).max(1));
     let t = Target::new(TestEnv::new().await, &[]).await;
     let pid = t.pid;
     let mut samples = Vec::new();
@@ -473,33 +608,51 @@ async fn soak(args: &[String]) -> serde_json::Value {
     };
     samples.push(sample(0));
     let wall0 = Instant::now();
-    run_cycles(&t, "s", inflight, total, step, |n| {
-        let s = sample(n);
+    let mut done = 0;
+    while done < total {
+        let batch = step.min(total - done);
+        run_cycles(&t, &format!("s{done}-"), inflight, batch, 0, |_| {}).await;
+        done += batch;
+        // Events of the batch out, connections closed on the shim's side.
+        let events = 3 * done;
+        for _ in 0..100 {
+            if t.env.events.count() as u64 >= events {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let s = sample(done);
         eprintln!("soak: {s}");
         samples.push(s);
-    })
-    .await;
-    let slope = |key: &str| -> f64 {
-        // Least squares over the samples after the first step.
+    }
+    // Least squares over the samples after the first step: (slope, its standard error), per
+    // 10 000 execs. The error says whether a slope is a trend or the samples' noise.
+    let fit = |key: &str| -> (f64, f64) {
         let pts: Vec<(f64, f64)> = samples
             .iter()
             .filter(|s| s["execs"].as_u64().unwrap() >= step)
-            .map(|s| (s["execs"].as_f64().unwrap(), s[key].as_f64().unwrap()))
+            .map(|s| (s["execs"].as_f64().unwrap() / 10_000.0, s[key].as_f64().unwrap()))
             .collect();
         if pts.len() < 2 {
-            return 0.0;
+            return (0.0, 0.0);
         }
         let n = pts.len() as f64;
         let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
         let cov: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
         let var: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-        cov / var * 10_000.0
+        let b = cov / var;
+        let resid: f64 = pts.iter().map(|p| (p.1 - my - b * (p.0 - mx)).powi(2)).sum();
+        let stderr = if pts.len() > 2 { (resid / (n - 2.0) / var).sqrt() } else { 0.0 };
+        (b, stderr)
     };
+    let (rss, anon, fds_fit, maps_fit) = (fit("rss"), fit("anon"), fit("fds"), fit("maps"));
     let out = serde_json::json!({
         "mode": "soak", "inflight": inflight, "total": total, "step": step,
         "seconds": wall0.elapsed().as_secs_f64(),
-        "rss_slope_bytes_per_10k": slope("rss"), "anon_slope_bytes_per_10k": slope("anon"),
-        "fds_slope_per_10k": slope("fds"), "maps_slope_per_10k": slope("maps"), "samples": samples,
+        "rss_slope_bytes_per_10k": rss.0, "anon_slope_bytes_per_10k": anon.0,
+        "fds_slope_per_10k": fds_fit.0, "maps_slope_per_10k": maps_fit.0,
+        "rss_slope_stderr": rss.1, "anon_slope_stderr": anon.1, "samples": samples,
     });
     t.stop().await;
     out
