@@ -251,11 +251,15 @@ async fn a_parked_exec_does_not_hold_the_exec_gate() {
     shim.client.exec(ctx(), &exec_req(id, "parked", &["true"])).await.unwrap();
     let c = shim.client.clone();
     let parked = tokio::spawn(async move { c.start(ctx(), &start_req(id, "parked")).await });
+    // Parked: fake-runc has read its faults and waits (a runtime process alone is not enough:
+    // faults cleared before it read them let it run through, as a loaded CI machine showed).
+    let waiting = env.dir.join("release-exec.waiting");
     let until = tokio::time::Instant::now() + EVENT_WAIT;
-    while !child_running(shim.pid, "parked.pid") {
+    while !waiting.exists() {
         assert!(tokio::time::Instant::now() < until, "the parked exec's runtime never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(child_running(shim.pid, "parked.pid"), "the parked exec's runtime is the shim's child");
     env.set_faults("");
     shim.client.exec(ctx(), &exec_req(id, "second", &["true"])).await.unwrap();
     let second = tokio::time::timeout(EVENT_WAIT, shim.client.start(ctx(), &start_req(id, "second"))).await;
