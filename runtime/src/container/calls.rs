@@ -16,6 +16,18 @@ use crate::error::{Result, RuntimeError};
 use crate::io::{IoContext, ProcessIo, StdioConfig};
 use crate::oci::{read_pid_file, OciError, OciRuntime};
 
+/// `checked`'s value with the reply still to send, or `None` once its refusal has been sent
+/// on `reply` (a request the core turned down needs no OCI call).
+fn answered_if_refused<T, U>(checked: Result<T>, reply: Reply<U>) -> Option<(T, Reply<U>)> {
+    match checked {
+        Ok(v) => Some((v, reply)),
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            None
+        }
+    }
+}
+
 impl Shell {
     /// A span for an OCI call of this container (`pid` 0: not known yet, recorded later).
     pub(super) fn span(&self, op: &'static str, exec_id: Option<&str>, pid: u32) -> tracing::Span {
@@ -33,12 +45,8 @@ impl Shell {
     }
 
     pub(super) fn start_init(&mut self, reply: Reply<u32>) {
-        let restore = match self.core.start_init() {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
+        let Some((restore, reply)) = answered_if_refused(self.core.start_init(), reply) else {
+            return;
         };
         let (runtime, tx) = (Arc::clone(&self.runtime), self.self_tx.clone());
         let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
@@ -61,12 +69,8 @@ impl Shell {
     }
 
     pub(super) fn start_exec(&mut self, exec_id: String, reply: Reply<u32>) {
-        let (spec, stdio) = match self.core.start_exec(&exec_id) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
+        let Some(((spec, stdio), reply)) = answered_if_refused(self.core.start_exec(&exec_id), reply) else {
+            return;
         };
         let (runtime, reaper) = (Arc::clone(&self.runtime), self.shared.reaper.clone());
         let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
@@ -120,12 +124,8 @@ impl Shell {
     /// Deletes an exec. The reply waits (bounded) until its output has drained into the fifos:
     /// clients such as `ctr` close their fifo readers as soon as Delete returns (SPEC §5.1).
     pub(super) fn delete_exec(&mut self, exec_id: &str, reply: Reply<Deleted>) {
-        let (deleted, res, effects) = match self.core.delete_exec(exec_id) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
+        let Some(((deleted, res, effects), reply)) = answered_if_refused(self.core.delete_exec(exec_id), reply) else {
+            return;
         };
         self.apply(effects, None);
         let _ = std::fs::remove_file(self.core.bundle().join(format!("{exec_id}.pid")));
@@ -141,12 +141,8 @@ impl Shell {
     }
 
     pub(super) fn delete_init(&mut self, reply: Reply<Deleted>) {
-        let plan = match self.core.delete_init() {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
+        let Some((plan, reply)) = answered_if_refused(self.core.delete_init(), reply) else {
+            return;
         };
         let (runtime, tx) = (Arc::clone(&self.runtime), self.self_tx.clone());
         let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
