@@ -21,6 +21,8 @@ enum Slot {
 #[derive(Debug, Default)]
 pub struct Registry {
     slots: Mutex<HashMap<String, Slot>>,
+    /// Woken whenever a Create ends (its reservation fulfilled or dropped).
+    create_ended: tokio::sync::Notify,
 }
 
 /// A reserved id; dropping it without [`Reservation::fulfill`] frees the id again.
@@ -36,6 +38,7 @@ impl Reservation {
     pub fn fulfill(mut self, Spawned { handle, task }: Spawned) {
         self.registry.lock().insert(self.id.clone(), Slot::Ready(handle, task));
         self.fulfilled = true;
+        self.registry.create_ended.notify_waiters();
     }
 }
 
@@ -43,6 +46,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.fulfilled {
             self.registry.lock().remove(&self.id);
+            self.registry.create_ended.notify_waiters();
         }
     }
 }
@@ -85,6 +89,20 @@ impl Registry {
     /// Whether no container exists or is being created.
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
+    }
+
+    /// Returns once no Create is in flight. The daemon awaits this before it exits on SIGTERM, so
+    /// a Create that is in the runtime finishes, or rolls back, instead of being cut off.
+    pub async fn creates_ended(&self) {
+        loop {
+            let ended = self.create_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !self.lock().values().any(|s| matches!(s, Slot::Creating)) {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// Number of containers, including those being created.

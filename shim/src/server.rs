@@ -24,6 +24,9 @@ use crate::transport::ServiceFilter;
 /// Longest the daemon stays after Shutdown (or SIGTERM) to deliver queued events. It leaves
 /// earlier once the queue is empty, or once containerd is known gone (its socket refuses).
 const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the daemon waits, on SIGTERM or SIGINT, for Creates still in the runtime to finish
+/// or roll back (their requesters are gone once the connections close, so they roll back).
+const CREATE_SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most threads of the blocking pool. Two: one slow unmount does not hold up a file log.
 const BLOCKING_THREADS: usize = 2;
 /// A blocking-pool thread exits after this long idle, so an idle shim has one thread.
@@ -95,7 +98,8 @@ pub fn serve(flags: &Flags) -> Result<()> {
             limits: QueueLimits::default(),
             timeouts: ForwardTimeouts::default(),
         });
-        let shared = Shared { reaper, publisher: publisher.clone(), registry: Arc::new(Registry::default()) };
+        let registry = Arc::new(Registry::default());
+        let shared = Shared { reaper, publisher: publisher.clone(), registry: Arc::clone(&registry) };
         let shutdown = Arc::new(Notify::new());
         let service = TaskService::new(shared, flags.namespace.clone(), Arc::clone(&shutdown));
         let listener = UnixListener::from_std(listener)?;
@@ -118,6 +122,11 @@ pub fn serve(flags: &Flags) -> Result<()> {
             let _ = std::fs::remove_file(path);
         }
         let disconnect = tokio::spawn(async move { server.disconnect().await });
+        // A Create cut off here would leave a runtime container and a mounted rootfs that no
+        // one knows of: let it end first (it rolls back, its requester being gone).
+        if tokio::time::timeout(CREATE_SETTLE_TIMEOUT, registry.creates_ended()).await.is_err() {
+            tracing::warn!(timeout = ?CREATE_SETTLE_TIMEOUT, "exiting with a Create still in the runtime");
+        }
         let report = publisher.drain(EXIT_FLUSH_TIMEOUT).await;
         if report.undelivered == 0 {
             tracing::info!(delivered = report.delivered, "every queued event delivered; exiting");

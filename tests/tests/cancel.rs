@@ -109,3 +109,43 @@ async fn exec_start_past_its_deadline_is_tracked() {
     shim.client.delete(ctx(), &delete(id, "")).await.unwrap();
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+/// The shim is SIGTERMed 1 s into a Create whose `runc create` takes 3 s more. It stays until
+/// that Create has ended: answered (the client knows the container, and `shim delete` removes
+/// it as containerd's cleanup does) or failed and rolled back. Nothing is left that nobody knows.
+/// Before the fix the shim exited at once: the client got `early eof`, and the runc container
+/// (`runc init` parked) and the mounted rootfs stayed. Now (ttrpc waits up to 5 s for a request
+/// in flight) the Create is answered; a longer one would find its requester gone and roll back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_create_waits_for_it() {
+    let mut env = TestEnv::new().await;
+    env.set_faults("create:delay-return=3");
+    let id = "cancel-term";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    let client = shim.client.clone();
+    let req = env.create_request(id, &bundle);
+    let creating = tokio::spawn(async move { client.create(ctx(), &req).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!creating.is_finished(), "create should still be in runc");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim.pid.cast_signed()), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let answer = creating.await.unwrap();
+    settle("the shim did not exit after SIGTERM", || !alive(shim.pid)).await;
+    let runc_state = env.runc_root().join(NAMESPACE).join(id);
+    eprintln!("the Create under SIGTERM answered: {answer:?}");
+    match answer {
+        Ok(created) => {
+            assert!(created.pid > 0, "{created:?}");
+            assert!(runc_state.exists(), "Create answered, yet runc has no state for {id}");
+            let out = env.shim_command(&bundle, id, "delete").output().unwrap();
+            assert!(out.status.success(), "shim delete: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(!runc_state.exists(), "shim delete left runc state");
+        }
+        Err(e) => {
+            assert!(!runc_state.exists(), "Create failed ({e:?}) yet left runc state {}", runc_state.display());
+            assert!(mounts_under(&bundle).is_empty(), "Create failed ({e:?}) yet left its rootfs mounted");
+        }
+    }
+    assert!(mounts_under(&bundle).is_empty(), "the rootfs is still mounted");
+}
