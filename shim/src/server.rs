@@ -34,6 +34,24 @@ const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Stack of a blocking-pool thread: they run a syscall or a short read/write, no deep calls.
 const BLOCKING_STACK: usize = 256 << 10;
 
+/// The environment variable that lowers (or raises) the event queue's ceiling in events (the
+/// byte ceiling stays at its default): `SHIM_EVENT_QUEUE_MAX=<events>`.
+const EVENT_QUEUE_MAX_ENV: &str = "SHIM_EVENT_QUEUE_MAX";
+
+/// The event queue's ceiling: the default, or [`EVENT_QUEUE_MAX_ENV`] when set to a number > 0.
+fn queue_limits() -> QueueLimits {
+    let mut limits = QueueLimits::default();
+    if let Ok(v) = std::env::var(EVENT_QUEUE_MAX_ENV) {
+        match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => limits.max_events = n,
+            _ => {
+                tracing::warn!(value = %v, "{EVENT_QUEUE_MAX_ENV} is not a positive number of events; using the default")
+            }
+        }
+    }
+    limits
+}
+
 fn take_listener(flags: &Flags) -> Result<StdUnixListener> {
     if !flags.socket.is_empty() {
         let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
@@ -95,7 +113,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
         let (publisher, publisher_task) = Publisher::start(PublisherConfig {
             ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
             namespace: flags.namespace.clone(),
-            limits: QueueLimits::default(),
+            limits: queue_limits(),
             timeouts: ForwardTimeouts::default(),
         });
         let registry = Arc::new(Registry::default());

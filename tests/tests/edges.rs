@@ -489,3 +489,77 @@ async fn a_hung_exec_does_not_hold_the_init_exit_for_good() {
     shim.client.delete(deadline(LIMIT), &delete(id, "")).await.unwrap();
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+/// Item 6 through the binary: with containerd away and the queue's ceiling lowered to 12 events
+/// (`SHIM_EVENT_QUEUE_MAX`), new Execs and Creates are refused with ResourceExhausted once the
+/// queue is full, while what exists is still served (State, Kill, Wait, Delete). No lifecycle
+/// event is dropped: once containerd is back, every start has its create/added before it and
+/// every exit its start, and new work is accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_queue_ceiling_refuses_new_work_and_drops_no_lifecycle_event() {
+    let mut env = TestEnv::new().await;
+    env.set_shim_env("SHIM_EVENT_QUEUE_MAX", "12");
+    let id = "edge-ceiling";
+    let bundle = env.bundle(id, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(id, &bundle).await;
+    let c = &shim.client;
+    env.events.stop().await;
+    c.create(deadline(LIMIT), &env.create_request(id, &bundle)).await.unwrap();
+    c.start(deadline(LIMIT), &start(id, "")).await.unwrap();
+    let mut execs = 0;
+    let refused = loop {
+        let e = format!("e{execs}");
+        if let Err(err) = c.exec(deadline(LIMIT), &exec(id, &e, &["true"])).await {
+            break err;
+        }
+        c.start(deadline(LIMIT), &start(id, &e)).await.unwrap();
+        c.wait(deadline(LIMIT), &wait(id, &e)).await.unwrap();
+        c.delete(deadline(LIMIT), &delete(id, &e)).await.unwrap();
+        execs += 1;
+        assert!(execs <= 12, "12 events queued, yet Exec is still accepted");
+    };
+    assert_eq!(code_of(&refused), ttrpc::Code::RESOURCE_EXHAUSTED, "{refused:?}");
+    assert!(execs >= 1, "refused before the queue was full");
+    eprintln!("Exec refused (ResourceExhausted) after {execs} execs with containerd away");
+    let other = env.bundle("edge-ceiling-2", &["true"], &[]);
+    let e = c.create(deadline(LIMIT), &env.create_request("edge-ceiling-2", &other)).await.unwrap_err();
+    assert_eq!(code_of(&e), ttrpc::Code::RESOURCE_EXHAUSTED, "{e:?}");
+    assert!(mounts_under(&other).is_empty(), "a refused Create mounted its rootfs");
+    let st = c.state(deadline(LIMIT), &state(id, "")).await.unwrap();
+    assert_eq!(st.status.enum_value(), Ok(Status::RUNNING));
+
+    env.events.resume().await;
+    let again = tokio::time::Instant::now() + LIMIT;
+    while let Err(err) = c.exec(deadline(LIMIT), &exec(id, "after", &["true"])).await {
+        assert_eq!(code_of(&err), ttrpc::Code::RESOURCE_EXHAUSTED, "{err:?}");
+        assert!(tokio::time::Instant::now() < again, "the queue never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.start(deadline(LIMIT), &start(id, "after")).await.unwrap();
+    c.wait(deadline(LIMIT), &wait(id, "after")).await.unwrap();
+    c.delete(deadline(LIMIT), &delete(id, "after")).await.unwrap();
+    kill_and_delete(c, id).await;
+    let n = execs + 1;
+    // create, start, n × (exec-added, exec-started, exit), init exit, delete
+    let events = env.events.wait_for(LIMIT, "every event", |ev| ev.len() >= 4 + 3 * n).await;
+    let topics = summarize(&events);
+    assert_eq!(topics.len(), 4 + 3 * n, "{topics:?}");
+    let at = |t: &str| topics.iter().position(|x| x == t).unwrap_or_else(|| panic!("no {t}: {topics:?}"));
+    assert!(at("create") < at("start"), "{topics:?}");
+    let mut names: Vec<String> = (0..execs).map(|i| format!("e{i}")).collect();
+    names.push("after".into());
+    for e in &names {
+        let added = events.iter().position(|r| {
+            r.topic == "/tasks/exec-added"
+                && r.decode::<containerd_shim_protos::events::task::TaskExecAdded>().exec_id == *e
+        });
+        let started = at(&format!("exec-started {e}"));
+        assert!(added.is_some_and(|a| at("start") < a && a < started), "{e}: {topics:?}");
+        let exit = events.iter().position(|r| {
+            r.topic == "/tasks/exit" && r.decode::<containerd_shim_protos::events::task::TaskExit>().id == *e
+        });
+        assert!(exit.is_some_and(|x| started < x), "{e}: {topics:?}");
+    }
+    assert_eq!(topics.last().map(String::as_str), Some("delete"), "{topics:?}");
+    let _ = c.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
