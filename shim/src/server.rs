@@ -24,8 +24,9 @@ use crate::transport::ServiceFilter;
 /// Longest the daemon stays after Shutdown (or SIGTERM) to deliver queued events. It leaves
 /// earlier once the queue is empty, or once containerd is known gone (its socket refuses).
 const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest the daemon waits, on SIGTERM or SIGINT, for Creates still in the runtime to finish
-/// or roll back (their requesters are gone once the connections close, so they roll back).
+/// Longest the daemon waits, on SIGTERM or SIGINT, for Creates still in the runtime to end:
+/// answered while ttrpc still waits for requests in flight, else rolled back (their requesters
+/// are gone once the connections close).
 const CREATE_SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most threads of the blocking pool. Two: one slow unmount does not hold up a file log.
 const BLOCKING_THREADS: usize = 2;

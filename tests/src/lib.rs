@@ -445,15 +445,20 @@ pub fn alive(pid: u32) -> bool {
     pid_alive(pid)
 }
 
-/// Reads a fifo to EOF in the background.
+/// Reads a fifo to EOF in the background. A fifo that reaches no EOF within [`RPC_TIMEOUT`]
+/// (an output copy that never ends) fails the task, so awaiting it fails the test instead of
+/// hanging it.
 pub fn read_fifo(path: &Path) -> tokio::task::JoinHandle<Vec<u8>> {
     let rx = tokio::net::unix::pipe::OpenOptions::new().open_receiver(path).unwrap();
+    let shown = path.display().to_string();
     tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
         let mut rx = rx;
         let mut buf = Vec::new();
-        let _ = rx.read_to_end(&mut buf).await;
-        buf
+        match tokio::time::timeout(RPC_TIMEOUT, rx.read_to_end(&mut buf)).await {
+            Ok(_) => buf,
+            Err(_) => panic!("{shown}: no EOF within {RPC_TIMEOUT:?} ({} bytes read)", buf.len()),
+        }
     })
 }
 
