@@ -26,7 +26,7 @@ die() {
 }
 
 PACKAGES=(runc crun criu containerd busybox-static python3 iproute2 util-linux procps coreutils findutils mawk
-	protobuf-compiler containernetworking-plugins dpkg apt)
+	protobuf-compiler containernetworking-plugins dpkg apt gcc libc6-dev)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

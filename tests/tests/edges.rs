@@ -563,3 +563,67 @@ async fn event_queue_ceiling_refuses_new_work_and_drops_no_lifecycle_event() {
     assert_eq!(topics.last().map(String::as_str), Some("delete"), "{topics:?}");
     let _ = c.shutdown(ctx(), &api::ShutdownRequest::new()).await;
 }
+
+/// Builds `tests/preload/slow_mount.c` into `dir` and returns the library's path.
+fn slow_mount_library(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("preload/slow_mount.c");
+    let lib = dir.join("slow_mount.so");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("cc");
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    lib
+}
+
+/// Item 5: a rootfs mount and unmount that each take 3 s (mount(2) and umount2(2) slowed by an
+/// LD_PRELOAD library, `tests/preload/slow_mount.c`) do not stall the shim: another container's
+/// State answers within 1 s meanwhile, during the Create and during the Delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_rootfs_mount_or_unmount_does_not_stall_the_shim() {
+    let mut env = TestEnv::new().await;
+    let lib = slow_mount_library(&env.dir);
+    env.set_shim_env("LD_PRELOAD", &lib.display().to_string());
+    env.set_shim_env("SLOW_MOUNT_MARK", "edge-mnt-slow/rootfs");
+    env.set_shim_env("SLOW_MOUNT_SECS", "3");
+    let (other, slow) = ("edge-mnt-other", "edge-mnt-slow");
+    let other_bundle = env.bundle(other, &["sleep", "1000"], &[]);
+    let slow_bundle = env.bundle(slow, &["sleep", "1000"], &[]);
+    let shim = env.start_shim(other, &other_bundle).await;
+    env.track_container(slow, &slow_bundle);
+    let c = shim.client.clone();
+    c.create(deadline(LIMIT), &env.create_request(other, &other_bundle)).await.unwrap();
+    c.start(deadline(LIMIT), &start(other, "")).await.unwrap();
+    let answers_meanwhile = |what: &'static str| {
+        let c = c.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let t = std::time::Instant::now();
+            let r = c.state(deadline(Duration::from_secs(1)), &state(other, "")).await;
+            assert!(r.is_ok(), "State got no answer within 1 s during the slow {what}: {r:?}");
+            t.elapsed()
+        }
+    };
+    let req = env.create_request(slow, &slow_bundle);
+    let creating = {
+        let c = c.clone();
+        tokio::spawn(async move { c.create(deadline(LIMIT), &req).await })
+    };
+    let during_mount = answers_meanwhile("mount").await;
+    assert!(!creating.is_finished(), "the mount was not slowed (is LD_PRELOAD honoured?)");
+    creating.await.unwrap().unwrap();
+    let deleting = {
+        let c = c.clone();
+        tokio::spawn(async move { c.delete(deadline(LIMIT), &delete(slow, "")).await })
+    };
+    let during_unmount = answers_meanwhile("unmount").await;
+    assert!(!deleting.is_finished(), "the unmount was not slowed");
+    deleting.await.unwrap().unwrap();
+    assert!(mounts_under(&slow_bundle).is_empty(), "rootfs still mounted");
+    eprintln!("State during a 3 s mount: {during_mount:?}, during a 3 s unmount: {during_unmount:?}");
+    kill_and_delete(&c, other).await;
+    let _ = c.shutdown(ctx(), &api::ShutdownRequest::new()).await;
+}
