@@ -109,7 +109,7 @@ pub fn is_unified(mounts: &[MountInfo]) -> bool {
 }
 
 /// The directories of a container's cgroup v1 controllers: controller name → absolute path.
-/// Clones share the directories and the [open files](super::files::FileCache) Stats re-reads.
+/// Clones share the directories and the open files Stats re-reads (`files::FileCache`).
 #[derive(Clone, Default)]
 pub struct V1Paths {
     pub(super) dirs: Arc<BTreeMap<String, PathBuf>>,
@@ -162,8 +162,8 @@ impl<C: Into<String>, P: Into<PathBuf>> FromIterator<(C, P)> for V1Paths {
     }
 }
 
-/// A container's cgroup v2 directory. Derefs to the path; clones share the [open
-/// files](super::files::FileCache) Stats re-reads.
+/// A container's cgroup v2 directory. Derefs to the path; clones share the open files Stats
+/// re-reads (`files::FileCache`).
 #[derive(Clone)]
 pub struct V2Dir {
     dir: Arc<Path>,
