@@ -16,9 +16,10 @@ build: ## debug build of the shim, the test wrapper and the tests
 release: ## optimized shim binary in target/release
 	$(CARGO) build --release -p shim
 
-lint: ## clippy with warnings as errors, rustfmt check
+lint: ## clippy with warnings as errors, rustfmt check, rustdoc without warnings (broken intra-doc links)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) fmt --all -- --check
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps -q
 
 # The e2e cases against each containerd version's own Go shim (#[ignore]d in the main run).
 REFERENCE = target/debug/reap-run $(CARGO) test -p shim-tests --no-fail-fast --test e2e_containerd --test e2e_faults --test e2e_crun -- --ignored _go_v --nocapture
