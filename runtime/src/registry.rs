@@ -116,6 +116,33 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// `creates_ended` waits while any Create holds a reservation, and returns once the last
+    /// one is fulfilled or dropped.
+    #[tokio::test]
+    async fn creates_ended_waits_for_every_reservation() {
+        let registry = Arc::new(Registry::default());
+        let (a, b) = (registry.reserve("a").unwrap(), registry.reserve("b").unwrap());
+        let waiter = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            async move { registry.creates_ended().await }
+        });
+        let settle = || async {
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle().await;
+        assert!(!waiter.is_finished(), "returned with two Creates in flight");
+        drop(a);
+        settle().await;
+        assert!(!waiter.is_finished(), "returned with one Create in flight");
+        let task = tokio::spawn(std::future::pending::<()>());
+        b.fulfill(Spawned { handle: ContainerHandle::detached("b"), task });
+        settle().await;
+        assert!(waiter.is_finished(), "still waiting with no Create in flight");
+        registry.remove("b");
+    }
+
     #[tokio::test]
     async fn an_actor_that_ended_without_its_delete_frees_its_id() {
         let registry = Arc::new(Registry::default());

@@ -142,7 +142,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
         }
         let disconnect = tokio::spawn(async move { server.disconnect().await });
         // A Create cut off here would leave a runtime container and a mounted rootfs that no
-        // one knows of: let it end first (it rolls back, its requester being gone).
+        // one knows of: let it end first (answered, or rolled back once its requester is gone).
         if tokio::time::timeout(CREATE_SETTLE_TIMEOUT, registry.creates_ended()).await.is_err() {
             tracing::warn!(timeout = ?CREATE_SETTLE_TIMEOUT, "exiting with a Create still in the runtime");
         }
