@@ -2,7 +2,8 @@
 //! pid, and what they need beyond the runtime driver. A call whose result changes the
 //! container reports back as a [`Done`] message; the others answer their request directly.
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use shim_events::{ExitInfo, ProcessId};
@@ -44,28 +45,37 @@ impl Shell {
         span
     }
 
+    /// Runs an OCI call on the init as a child task: `call` gets the runtime, the container id
+    /// and the bundle, and runs in the span of `op` (with the init's pid).
+    fn spawn_init_call<F, Fut>(&mut self, op: &'static str, call: F)
+    where
+        F: FnOnce(Arc<OciRuntime>, String, PathBuf) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (runtime, id, bundle) =
+            (Arc::clone(&self.runtime), self.core.id().to_owned(), self.core.bundle().to_owned());
+        let span = self.span(op, None, self.core.init().pid);
+        self.tasks.spawn(call(runtime, id, bundle).instrument(span));
+    }
+
     pub(super) fn start_init(&mut self, reply: Reply<u32>) {
         let Some((restore, reply)) = answered_if_refused(self.core.start_init(), reply) else {
             return;
         };
-        let (runtime, tx) = (Arc::clone(&self.runtime), self.self_tx.clone());
-        let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
-        let (reaper, namespace, owner) = (self.shared.reaper.clone(), self.namespace.clone(), self.io_owner);
+        let (tx, reaper, namespace, owner) =
+            (self.self_tx.clone(), self.shared.reaper.clone(), self.namespace.clone(), self.io_owner);
         let stdio = self.core.init().stdio.clone();
-        let span = self.span(if restore.is_some() { "restore" } else { "start" }, None, self.core.init().pid);
-        self.tasks.spawn(
-            async move {
-                let result = match restore {
-                    None => runtime.start(&id, &bundle).await.map(|()| None).map_err(RuntimeError::from),
-                    Some(plan) => {
-                        let ctx = IoContext { reaper: &reaper, container_id: &id, namespace: &namespace };
-                        crate::checkpoint::restore_init(&runtime, &bundle, &stdio, owner, ctx, &plan).await.map(Some)
-                    }
-                };
-                let _ = tx.send(Msg::Done(Done::InitStarted { result, reply }));
-            }
-            .instrument(span),
-        );
+        let op = if restore.is_some() { "restore" } else { "start" };
+        self.spawn_init_call(op, move |runtime, id, bundle| async move {
+            let result = match restore {
+                None => runtime.start(&id, &bundle).await.map(|()| None).map_err(RuntimeError::from),
+                Some(plan) => {
+                    let ctx = IoContext { reaper: &reaper, container_id: &id, namespace: &namespace };
+                    crate::checkpoint::restore_init(&runtime, &bundle, &stdio, owner, ctx, &plan).await.map(Some)
+                }
+            };
+            let _ = tx.send(Msg::Done(Done::InitStarted { result, reply }));
+        });
     }
 
     pub(super) fn start_exec(&mut self, exec_id: String, reply: Reply<u32>) {
@@ -103,21 +113,13 @@ impl Shell {
             Ok(KillPlan::Signal { pid }) => {
                 let _ = reply.send(signal_exec(pid, signal));
             }
-            Ok(KillPlan::Runtime { thaw }) => {
-                let (runtime, id, bundle) =
-                    (Arc::clone(&self.runtime), self.core.id().to_owned(), self.core.bundle().to_owned());
-                let span = self.span("kill", None, self.core.init().pid);
-                self.tasks.spawn(
-                    async move {
-                        let r = runtime.kill(&id, &bundle, signal, all).await.map_err(map_kill_error);
-                        if thaw {
-                            let _ = runtime.resume(&id, &bundle).await;
-                        }
-                        let _ = reply.send(r);
-                    }
-                    .instrument(span),
-                );
-            }
+            Ok(KillPlan::Runtime { thaw }) => self.spawn_init_call("kill", move |runtime, id, bundle| async move {
+                let r = runtime.kill(&id, &bundle, signal, all).await.map_err(map_kill_error);
+                if thaw {
+                    let _ = runtime.resume(&id, &bundle).await;
+                }
+                let _ = reply.send(r);
+            }),
         }
     }
 
@@ -144,86 +146,55 @@ impl Shell {
         let Some((plan, reply)) = answered_if_refused(self.core.delete_init(), reply) else {
             return;
         };
-        let (runtime, tx) = (Arc::clone(&self.runtime), self.self_tx.clone());
-        let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
+        let tx = self.self_tx.clone();
         let io = self.core.res_mut(None).ok().and_then(|r| r.io.take());
-        let span = self.span("delete", None, self.core.init().pid);
-        self.tasks.spawn(
-            async move {
-                let result = teardown(&runtime, &id, &bundle, io, plan).await;
-                let _ = tx.send(Msg::Done(Done::InitDeleted { result, reply }));
-            }
-            .instrument(span),
-        );
+        self.spawn_init_call("delete", move |runtime, id, bundle| async move {
+            let result = teardown(&runtime, &id, &bundle, io, plan).await;
+            let _ = tx.send(Msg::Done(Done::InitDeleted { result, reply }));
+        });
     }
 
     pub(super) fn pids(&mut self, reply: Reply<Vec<(u32, Option<String>)>>) {
         let execs = self.core.exec_pids();
-        let (runtime, id, bundle) =
-            (Arc::clone(&self.runtime), self.core.id().to_owned(), self.core.bundle().to_owned());
-        let span = self.span("ps", None, self.core.init().pid);
-        self.tasks.spawn(
-            async move {
-                let r = runtime
-                    .ps(&id, &bundle)
-                    .await
-                    .map(|pids| pids.into_iter().map(|pid| (pid, execs.get(&pid).cloned())).collect())
-                    .map_err(RuntimeError::from);
-                let _ = reply.send(r);
-            }
-            .instrument(span),
-        );
+        self.spawn_init_call("ps", move |runtime, id, bundle| async move {
+            let r = runtime
+                .ps(&id, &bundle)
+                .await
+                .map(|pids| pids.into_iter().map(|pid| (pid, execs.get(&pid).cloned())).collect())
+                .map_err(RuntimeError::from);
+            let _ = reply.send(r);
+        });
     }
 
     /// Pause (`pause`) or resume the init; the state changes and the event is queued when
     /// the runtime call returns.
     pub(super) fn pause(&mut self, pause: bool, reply: Reply<()>) {
-        if let Err(e) = self.core.pause(pause) {
-            let _ = reply.send(Err(e));
+        let Some(((), reply)) = answered_if_refused(self.core.pause(pause), reply) else {
             return;
-        }
-        let (runtime, tx) = (Arc::clone(&self.runtime), self.self_tx.clone());
-        let (id, bundle) = (self.core.id().to_owned(), self.core.bundle().to_owned());
-        let span = self.span(if pause { "pause" } else { "resume" }, None, self.core.init().pid);
-        self.tasks.spawn(
-            async move {
-                let result = if pause { runtime.pause(&id, &bundle).await } else { runtime.resume(&id, &bundle).await };
-                let _ = tx.send(Msg::Done(Done::Paused { pause, result: result.map_err(RuntimeError::from), reply }));
-            }
-            .instrument(span),
-        );
+        };
+        let tx = self.self_tx.clone();
+        self.spawn_init_call(if pause { "pause" } else { "resume" }, move |runtime, id, bundle| async move {
+            let result = if pause { runtime.pause(&id, &bundle).await } else { runtime.resume(&id, &bundle).await };
+            let _ = tx.send(Msg::Done(Done::Paused { pause, result: result.map_err(RuntimeError::from), reply }));
+        });
     }
 
     pub(super) fn update(&mut self, resources: Vec<u8>, reply: Reply<()>) {
-        if let Err(e) = self.core.update() {
-            let _ = reply.send(Err(e));
+        let Some(((), reply)) = answered_if_refused(self.core.update(), reply) else {
             return;
-        }
-        let (runtime, id, bundle) =
-            (Arc::clone(&self.runtime), self.core.id().to_owned(), self.core.bundle().to_owned());
-        let span = self.span("update", None, self.core.init().pid);
-        self.tasks.spawn(
-            async move {
-                let _ = reply.send(runtime.update(&id, &bundle, resources).await.map_err(RuntimeError::from));
-            }
-            .instrument(span),
-        );
+        };
+        self.spawn_init_call("update", move |runtime, id, bundle| async move {
+            let _ = reply.send(runtime.update(&id, &bundle, resources).await.map_err(RuntimeError::from));
+        });
     }
 
     pub(super) fn checkpoint(&mut self, opts: crate::oci::CheckpointOpts, reply: Reply<()>) {
-        if let Err(e) = self.core.checkpoint() {
-            let _ = reply.send(Err(e));
+        let Some(((), reply)) = answered_if_refused(self.core.checkpoint(), reply) else {
             return;
-        }
-        let (runtime, id, bundle) =
-            (Arc::clone(&self.runtime), self.core.id().to_owned(), self.core.bundle().to_owned());
-        let span = self.span("checkpoint", None, self.core.init().pid);
-        self.tasks.spawn(
-            async move {
-                let _ = reply.send(crate::checkpoint::checkpoint(&runtime, &id, &bundle, opts).await);
-            }
-            .instrument(span),
-        );
+        };
+        self.spawn_init_call("checkpoint", move |runtime, id, bundle| async move {
+            let _ = reply.send(crate::checkpoint::checkpoint(&runtime, &id, &bundle, opts).await);
+        });
     }
 }
 
