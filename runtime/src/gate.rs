@@ -38,15 +38,13 @@ pub const EXEC_CONCURRENCY_ENV: &str = "SHIM_EXEC_CONCURRENCY";
 fn exec_places() -> Option<usize> {
     static PLACES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *PLACES.get_or_init(|| {
-        let v = std::env::var(EXEC_CONCURRENCY_ENV).ok()?;
-        match v.trim().parse::<usize>() {
-            Ok(0) => Some(Semaphore::MAX_PERMITS),
-            Ok(n) => Some(n),
-            Err(_) => {
-                tracing::warn!(value = %v, "{EXEC_CONCURRENCY_ENV} is not a number; using the default");
-                None
+        crate::env::number::<usize>(EXEC_CONCURRENCY_ENV, "a number").map(|n| {
+            if n == 0 {
+                Semaphore::MAX_PERMITS
+            } else {
+                n
             }
-        }
+        })
     })
 }
 

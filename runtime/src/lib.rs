@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod console;
 pub mod container;
 pub mod create;
+pub mod env;
 pub mod error;
 pub mod gate;
 pub mod io;

@@ -115,16 +115,10 @@ pub const CALL_TIMEOUT_ENV: &str = "SHIM_RUNC_TIMEOUT";
 /// [`DEFAULT_CALL_TIMEOUT`]. Read once per process.
 pub fn call_timeout() -> Option<std::time::Duration> {
     static LIMIT: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| match std::env::var(CALL_TIMEOUT_ENV) {
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(0) => None,
-            Ok(s) => Some(std::time::Duration::from_secs(s)),
-            Err(_) => {
-                tracing::warn!(value = %v, "{CALL_TIMEOUT_ENV} is not a number of seconds; using the default");
-                Some(DEFAULT_CALL_TIMEOUT)
-            }
-        },
-        Err(_) => Some(DEFAULT_CALL_TIMEOUT),
+    *LIMIT.get_or_init(|| match crate::env::number::<u64>(CALL_TIMEOUT_ENV, "a number of seconds") {
+        Some(0) => None,
+        Some(s) => Some(std::time::Duration::from_secs(s)),
+        None => Some(DEFAULT_CALL_TIMEOUT),
     })
 }
 

@@ -42,13 +42,9 @@ const EVENT_QUEUE_MAX_ENV: &str = "SHIM_EVENT_QUEUE_MAX";
 /// The event queue's ceiling: the default, or [`EVENT_QUEUE_MAX_ENV`] when set to a number > 0.
 fn queue_limits() -> QueueLimits {
     let mut limits = QueueLimits::default();
-    if let Ok(v) = std::env::var(EVENT_QUEUE_MAX_ENV) {
-        match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => limits.max_events = n,
-            _ => {
-                tracing::warn!(value = %v, "{EVENT_QUEUE_MAX_ENV} is not a positive number of events; using the default")
-            }
-        }
+    let max = shim_runtime::env::number::<std::num::NonZeroUsize>(EVENT_QUEUE_MAX_ENV, "a positive number of events");
+    if let Some(n) = max {
+        limits.max_events = n.get();
     }
     limits
 }
