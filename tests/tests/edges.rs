@@ -49,6 +49,13 @@ async fn kill_and_delete(client: &TaskClient, id: &str) {
     client.delete(deadline(LIMIT), &delete(id, "")).await.unwrap();
 }
 
+/// Starts the added exec `exec_id`, waits for it and deletes it.
+async fn run_exec_to_end(client: &TaskClient, id: &str, exec_id: &str) {
+    client.start(deadline(LIMIT), &start(id, exec_id)).await.unwrap();
+    client.wait(deadline(LIMIT), &wait(id, exec_id)).await.unwrap();
+    client.delete(deadline(LIMIT), &delete(id, exec_id)).await.unwrap();
+}
+
 /// Item 8: every runtime child (create, start, exec, ps, kill, delete) has only stdio. Before
 /// the fix fd 3, the shim's listening socket, was inherited by every runc call, so a runc left
 /// behind by a killed shim kept the socket connectable and `start` could join a dead shim.
@@ -380,9 +387,7 @@ async fn shutdown_waits_for_queued_events() {
     for i in 0..4 {
         let e = format!("e{i}");
         shim.client.exec(deadline(LIMIT), &exec(id, &e, &["true"])).await.unwrap();
-        shim.client.start(deadline(LIMIT), &start(id, &e)).await.unwrap();
-        shim.client.wait(deadline(LIMIT), &wait(id, &e)).await.unwrap();
-        shim.client.delete(deadline(LIMIT), &delete(id, &e)).await.unwrap();
+        run_exec_to_end(&shim.client, id, &e).await;
     }
     kill_and_delete(&shim.client, id).await;
     let _ = shim.client.shutdown(ctx(), &api::ShutdownRequest::new()).await;
@@ -512,9 +517,7 @@ async fn event_queue_ceiling_refuses_new_work_and_drops_no_lifecycle_event() {
         if let Err(err) = c.exec(deadline(LIMIT), &exec(id, &e, &["true"])).await {
             break err;
         }
-        c.start(deadline(LIMIT), &start(id, &e)).await.unwrap();
-        c.wait(deadline(LIMIT), &wait(id, &e)).await.unwrap();
-        c.delete(deadline(LIMIT), &delete(id, &e)).await.unwrap();
+        run_exec_to_end(c, id, &e).await;
         execs += 1;
         assert!(execs <= 12, "12 events queued, yet Exec is still accepted");
     };
@@ -535,9 +538,7 @@ async fn event_queue_ceiling_refuses_new_work_and_drops_no_lifecycle_event() {
         assert!(tokio::time::Instant::now() < again, "the queue never drained");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    c.start(deadline(LIMIT), &start(id, "after")).await.unwrap();
-    c.wait(deadline(LIMIT), &wait(id, "after")).await.unwrap();
-    c.delete(deadline(LIMIT), &delete(id, "after")).await.unwrap();
+    run_exec_to_end(c, id, "after").await;
     kill_and_delete(c, id).await;
     let n = execs + 1;
     // create, start, n × (exec-added, exec-started, exit), init exit, delete
